@@ -1,0 +1,58 @@
+"""Prometheus metrics, one registry per app so that several apps can live in one test process.
+
+Names are part of the contract: the Grafana dashboard and the benchmarks read them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+_DELAY_BUCKETS = (0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "rnnserve_requests", "HTTP requests by route template and status",
+            ["method", "route", "status"], registry=r)
+        self.request_latency = Histogram(
+            "rnnserve_request_duration_seconds", "HTTP request latency by route template",
+            ["method", "route"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.events = Counter(
+            "rnnserve_events", "events (steps) applied", ["model", "version"], registry=r)
+        self.batch_size = Histogram(
+            "rnnserve_batch_size", "sessions per ONNX Runtime call", ["model", "version"],
+            buckets=_BATCH_BUCKETS, registry=r)
+        self.batch_events = Histogram(
+            "rnnserve_batch_events", "events per ONNX Runtime call (sessions x steps)",
+            ["model", "version"], buckets=_BATCH_BUCKETS, registry=r)
+        self.queue_delay = Histogram(
+            "rnnserve_queue_delay_seconds", "time a step waited in the batcher's queue",
+            ["model", "version"], buckets=_DELAY_BUCKETS, registry=r)
+        self.inference_time = Histogram(
+            "rnnserve_inference_seconds", "ONNX Runtime run time per batch", ["model", "version"],
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.active_sessions = Gauge(
+            "rnnserve_active_sessions", "live sessions", ["model", "version"], registry=r)
+        self.state_bytes = Gauge(
+            "rnnserve_state_bytes", "bytes held by session state slabs", ["model", "version"], registry=r)
+        self.sessions_ended = Counter(
+            "rnnserve_sessions_ended", "sessions that ended, by reason (expired, evicted, deleted)",
+            ["model", "reason"], registry=r)
+        self.seq_conflicts = Counter(
+            "rnnserve_seq_conflicts", "step requests refused with 409", ["model"], registry=r)
+        self.replays = Counter(
+            "rnnserve_replays", "duplicate step requests answered from the stored response", ["model"],
+            registry=r)
+        self.anomalies = Counter(
+            "rnnserve_anomalies", "sensor readings flagged as anomalous", ["model", "version"], registry=r)
+        self.unknown_tokens = Counter(
+            "rnnserve_unknown_tokens", "lm input words mapped to <unk>", ["model", "version"], registry=r)
+        self.batch_failures = Counter(
+            "rnnserve_batch_failures", "ONNX Runtime calls that raised", ["model", "version"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

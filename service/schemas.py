@@ -1,0 +1,155 @@
+"""Request and response bodies of API v1: the contract clients and tests rely on.
+
+Field names follow `shared/docs/design.md`'s API table. Requests refuse unknown fields (a typo such as
+`token` for `tokens` must be a 400/422, not a silently ignored field); responses may grow new fields.
+Value limits that depend on settings (events per request, top_k ceiling) are checked by the core.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- models ------------------------------------------------------------------------------------
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    task: Literal["lm", "sensor"]
+    cell: Literal["rnn", "gru", "lstm"]
+    layers: int
+    hidden: int
+    features: list[str] | None = None
+    vocab_size: int | None = None
+    default: bool
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+# ---- sessions ----------------------------------------------------------------------------------
+
+
+class Snapshot(BaseModel):
+    """A session's exported state; `state` is base64 of the float32 state tensors, C order.
+
+    For each state tensor in the manifest's order, the [L, H] slice of this session, concatenated.
+    `checksum` is the sha256 hex of the canonical JSON of every other field, so any change is caught.
+    """
+
+    format: Literal[1] = 1
+    model: str
+    version: str
+    seq: int = Field(ge=0)
+    state: str
+    checksum: str
+    # the last event's pending prediction context (sensor: prediction for the next reading; lm: the
+    # next-token distribution is recomputed from state, so nothing else is needed)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class CreateSession(_Request):
+    model: str
+    version: str | None = None
+    snapshot: Snapshot | None = None
+
+
+class SessionInfo(BaseModel):
+    session_id: str
+    model: str
+    version: str
+    seq: int
+    created_at: str
+    last_used_at: str
+    expires_at: str
+
+
+# ---- steps -------------------------------------------------------------------------------------
+
+
+class LmEvents(_Request):
+    seq: int | None = Field(default=None, ge=0)
+    tokens: list[str] | None = None
+    text: str | None = None
+    top_k: int = Field(default=5, ge=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LmEvents:
+        if (self.tokens is None) == (self.text is None):
+            raise ValueError("give exactly one of `tokens` or `text`")
+        return self
+
+
+class SensorEvents(_Request):
+    seq: int | None = Field(default=None, ge=0)
+    readings: list[list[float]]
+    timestamps: list[float | str] | None = None
+
+    @model_validator(mode="after")
+    def _timestamps_match(self) -> SensorEvents:
+        if self.timestamps is not None and len(self.timestamps) != len(self.readings):
+            raise ValueError("`timestamps` must have one entry per reading")
+        return self
+
+
+class NextToken(BaseModel):
+    token: str
+    prob: float
+
+
+class LmOutput(BaseModel):
+    token: str
+    token_id: int
+    unknown: bool
+    logprob: float | None
+    next: list[NextToken]
+
+
+class SensorOutput(BaseModel):
+    score: float | None
+    probability: float | None
+    is_anomaly: bool | None
+    predicted_mean: list[float]
+    predicted_std: list[float]
+    timestamp: float | str | None = None
+
+
+class StepResponse(BaseModel):
+    seq: int
+    outputs: list[LmOutput] | list[SensorOutput]
+
+
+class GenerateRequest(_Request):
+    max_tokens: int = Field(default=20, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_k: int = Field(default=40, ge=0)
+    seed: int | None = None
+    commit: bool = False
+    stop_at_eos: bool = True
+
+
+class GenerateResponse(BaseModel):
+    tokens: list[str]
+    text: str
+    seq: int
+
+
+# ---- errors ------------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail

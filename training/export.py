@@ -1,0 +1,265 @@
+"""Export a RecurrentNet to ONNX with explicit state, verify it against PyTorch, write the artifact.
+
+The legacy TorchScript exporter turns nn.RNN/GRU/LSTM into ONNX's fused RNN/GRU/LSTM operators with
+dynamic batch (B) and time (T) axes, which ONNX Runtime runs as single kernels; the dynamo exporter
+unrolls them. Verification is not optional: an artifact is only written after ONNX Runtime agrees with
+PyTorch on random inputs and stepping T events one at a time agrees with one call over all T.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from service.manifest import (
+    MANIFEST_FILE,
+    ONNX_FILE,
+    VOCAB_FILE,
+    Architecture,
+    LmSpec,
+    Manifest,
+    OnnxSpec,
+    SensorSpec,
+    StateSpec,
+    TensorSpec,
+    Tokenizer,
+    TrainingSummary,
+    sha256_file,
+)
+from training.model import RecurrentNet, State
+
+OPSET = 17
+TOLERANCE = 1e-5
+
+
+class ExportMismatch(RuntimeError):
+    """The exported graph does not reproduce the PyTorch model."""
+
+
+class _Exportable(torch.nn.Module):
+    """Flat tensor signature for the exporter: (x, h_in[, c_in]) -> (outputs..., h_out[, c_out])."""
+
+    def __init__(self, model: RecurrentNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs, new_state = self.model(x, tuple(state))
+        return (*outputs, *new_state)
+
+
+def _state_names(model: RecurrentNet) -> list[tuple[str, str]]:
+    names = [("h_in", "h_out"), ("c_in", "c_out")]
+    return names[: model.spec.state_count]
+
+
+def _output_names(model: RecurrentNet) -> list[str]:
+    return ["log_probs"] if model.spec.task == "lm" else ["mean", "log_var"]
+
+
+def onnx_spec(model: RecurrentNet, sha256: str) -> OnnxSpec:
+    spec = model.spec
+    L, H = spec.layers, spec.hidden
+    if spec.task == "lm":
+        x = TensorSpec(name="x", dtype="int64", shape=["B", "T"])
+        outs = [TensorSpec(name="log_probs", dtype="float32", shape=["B", "T", spec.vocab_size])]
+    else:
+        F = spec.input_size
+        x = TensorSpec(name="x", dtype="float32", shape=["B", "T", F])
+        outs = [TensorSpec(name=n, dtype="float32", shape=["B", "T", F]) for n in ("mean", "log_var")]
+    states = [StateSpec(input=i, output=o, shape=[L, "B", H]) for i, o in _state_names(model)]
+    return OnnxSpec(
+        file=ONNX_FILE,
+        sha256=sha256,
+        opset=OPSET,
+        inputs=[x, *(TensorSpec(name=s.input, dtype="float32", shape=s.shape) for s in states)],
+        outputs=[*outs, *(TensorSpec(name=s.output, dtype="float32", shape=s.shape) for s in states)],
+        states=states,
+    )
+
+
+def _example_input(model: RecurrentNet, batch: int, steps: int, gen: torch.Generator) -> torch.Tensor:
+    if model.spec.task == "lm":
+        return torch.randint(0, model.spec.vocab_size, (batch, steps), generator=gen)
+    return torch.randn(batch, steps, model.spec.input_size, generator=gen)
+
+
+def _random_state(model: RecurrentNet, batch: int, gen: torch.Generator) -> State:
+    shape = (model.spec.layers, batch, model.spec.hidden)
+    # tanh-bounded values, like real states, so that the comparison exercises realistic magnitudes
+    return tuple(torch.tanh(torch.randn(shape, generator=gen)) for _ in range(model.spec.state_count))
+
+
+def export_onnx(model: RecurrentNet, path: Path) -> None:
+    """Write `model` as an ONNX graph with dynamic B and T to `path`."""
+    model = model.cpu().eval()
+    gen = torch.Generator().manual_seed(0)
+    x = _example_input(model, 2, 3, gen)
+    state = _random_state(model, 2, gen)
+    names = _state_names(model)
+    input_names = ["x", *(i for i, _ in names)]
+    output_names = [*_output_names(model), *(o for _, o in names)]
+    dynamic_axes: dict[str, dict[int, str]] = {"x": {0: "B", 1: "T"}}
+    for name in _output_names(model):
+        dynamic_axes[name] = {0: "B", 1: "T"}
+    for i, o in names:
+        dynamic_axes[i] = {1: "B"}
+        dynamic_axes[o] = {1: "B"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the legacy exporter announces its deprecation; we chose it
+        torch.onnx.export(
+            _Exportable(model),
+            (x, *state),
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    max_abs_diff_vs_torch: float
+    max_abs_diff_step_vs_chunk: float
+    checks: int
+
+
+def _ort_session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def verify_export(
+    model: RecurrentNet,
+    path: Path,
+    batch_sizes: tuple[int, ...] = (1, 7),
+    steps: int = 6,
+    tolerance: float = TOLERANCE,
+    seed: int = 0,
+) -> VerifyReport:
+    """Compare ONNX Runtime with PyTorch, and T single steps with one T-step call; raise on mismatch."""
+    model = model.cpu().eval()
+    session = _ort_session(path)
+    names = _state_names(model)
+    n_out = len(_output_names(model))
+    gen = torch.Generator().manual_seed(seed)
+    worst_torch = worst_step = 0.0
+    checks = 0
+    for batch in batch_sizes:
+        x = _example_input(model, batch, steps, gen)
+        state = _random_state(model, batch, gen)
+        feed = {"x": x.numpy(), **{i: s.numpy() for (i, _), s in zip(names, state, strict=True)}}
+        chunk = session.run(None, feed)
+        with torch.no_grad():
+            outputs, new_state = model(x, state)
+        reference = [t.numpy() for t in (*outputs, *new_state)]
+        for got, want in zip(chunk, reference, strict=True):
+            worst_torch = max(worst_torch, float(np.abs(got - want).max()))
+            checks += 1
+        # the same events one at a time, state fed back
+        step_state = [feed[i] for i, _ in names]
+        step_outputs: list[list[np.ndarray]] = [[] for _ in range(n_out)]
+        for t in range(steps):
+            step_feed = {"x": feed["x"][:, t : t + 1], **dict(zip((i for i, _ in names), step_state, strict=True))}
+            result = session.run(None, step_feed)
+            for k in range(n_out):
+                step_outputs[k].append(result[k])
+            step_state = result[n_out:]
+        stepped = [np.concatenate(parts, axis=1) for parts in step_outputs] + list(step_state)
+        for got, want in zip(stepped, chunk, strict=True):
+            worst_step = max(worst_step, float(np.abs(got - want).max()))
+            checks += 1
+    if not (worst_torch <= tolerance and worst_step <= tolerance):
+        raise ExportMismatch(
+            f"{path}: ONNX Runtime vs PyTorch max |diff| {worst_torch:.3g}, single steps vs one chunk "
+            f"{worst_step:.3g}; both must be <= {tolerance:g}"
+        )
+    return VerifyReport(worst_torch, worst_step, checks)
+
+
+def library_versions() -> dict[str, str]:
+    import onnx
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
+            "numpy": np.__version__}
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """What the service needs to speak the task's language: a vocabulary or sensor statistics."""
+
+    vocab: list[str] | None = None
+    tokenizer: Tokenizer = Tokenizer()
+    sensor: SensorSpec | None = None
+
+
+def write_artifact(
+    model: RecurrentNet,
+    models_dir: Path,
+    name: str,
+    version: str,
+    task_data: TaskData,
+    training: TrainingSummary,
+    overwrite: bool = False,
+) -> Path:
+    """Export, verify and atomically write `models_dir/name/version/`; returns that directory."""
+    target = models_dir / name / version
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists; choose another version or pass overwrite")
+    models_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-{version}-", dir=models_dir))
+    try:
+        onnx_path = staging / ONNX_FILE
+        export_onnx(model, onnx_path)
+        report = verify_export(model, onnx_path)
+        lm_spec = None
+        if model.spec.task == "lm":
+            if task_data.vocab is None or len(task_data.vocab) != model.spec.vocab_size:
+                raise ValueError("an lm artifact needs the vocabulary the model was trained with")
+            vocab_path = staging / VOCAB_FILE
+            vocab_path.write_text("\n".join(task_data.vocab) + "\n", encoding="utf-8")
+            lm_spec = LmSpec(
+                vocab_size=len(task_data.vocab),
+                vocab_sha256=sha256_file(vocab_path),
+                tokenizer=task_data.tokenizer,
+            )
+        elif task_data.sensor is None:
+            raise ValueError("a sensor artifact needs feature statistics and a calibration")
+        spec = model.spec
+        metrics = {**training.metrics, "export_max_abs_diff": report.max_abs_diff_vs_torch,
+                   "export_step_vs_chunk_diff": report.max_abs_diff_step_vs_chunk}
+        manifest = Manifest(
+            name=name,
+            version=version,
+            task=spec.task,
+            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            architecture=Architecture(
+                cell=spec.cell, layers=spec.layers, hidden=spec.hidden, input_size=spec.input_size,
+                dense=spec.dense, tied=spec.tied, dropout=spec.dropout,
+            ),
+            onnx=onnx_spec(model, sha256_file(onnx_path)),
+            lm=lm_spec,
+            sensor=task_data.sensor if spec.task == "sensor" else None,
+            training=training.model_copy(update={"metrics": metrics}),
+        )
+        (staging / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,130 @@
+"""The recurrent networks: a pure function of (input, state) -> (outputs, state).
+
+As in pytorch/examples' word_language_model: `forward(x, state)` and `init_state(batch)`. The server
+owns the state storage; the model only maps (x, state) to (y, state), so one graph serves single steps
+(T = 1) and whole chunks (T > 1) alike.
+
+    lm:      x int64 [B, T] -> embedding [B, T, E] -> core [B, T, H] -> (dense) -> log_probs [B, T, V]
+    sensor:  x f32 [B, T, F] -------------------------> core [B, T, H] -> (dense) -> mean, log_var [B, T, F]
+    state:   h [L, B, H] (and c [L, B, H] for LSTM)
+
+The Elman cell is torch's `nn.RNN` with tanh: `h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`, the
+textbook `tanh(U x_t + W h_{t-1} + b)` with the bias split in two (b = b_ih + b_hh).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+Task = Literal["lm", "sensor"]
+Cell = Literal["rnn", "gru", "lstm"]
+State = tuple[Tensor, ...]
+
+# Bounds on the predicted log-variance keep the Gaussian NLL finite early in training and on
+# wildly out-of-range readings; exp(-12) is far below any normalized sensor noise.
+LOG_VAR_MIN, LOG_VAR_MAX = -12.0, 12.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    task: Task
+    cell: Cell
+    input_size: int  # embedding size (lm) or feature count (sensor)
+    hidden: int
+    layers: int = 1
+    vocab_size: int = 0  # lm only
+    dense: int | None = None  # optional dense layer between the core and the head
+    dropout: float = 0.0
+    tied: bool = False  # lm only: the output layer shares the embedding's weights
+
+    def __post_init__(self) -> None:
+        if self.task == "lm" and self.vocab_size < 2:
+            raise ValueError("an lm model needs vocab_size >= 2")
+        if self.tied:
+            head_in = self.dense or self.hidden
+            if self.task != "lm" or head_in != self.input_size:
+                raise ValueError(
+                    f"tied embeddings need task lm and the head's input ({head_in}) "
+                    f"equal to the embedding size ({self.input_size})"
+                )
+
+    @property
+    def state_count(self) -> int:
+        return 2 if self.cell == "lstm" else 1
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+_CORES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+
+
+class RecurrentNet(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.embedding = nn.Embedding(spec.vocab_size, spec.input_size) if spec.task == "lm" else None
+        core_kwargs: dict[str, object] = {"nonlinearity": "tanh"} if spec.cell == "rnn" else {}
+        self.core = _CORES[spec.cell](
+            spec.input_size,
+            spec.hidden,
+            num_layers=spec.layers,
+            dropout=spec.dropout if spec.layers > 1 else 0.0,
+            batch_first=True,
+            **core_kwargs,
+        )
+        self.drop = nn.Dropout(spec.dropout)
+        head_in = spec.hidden
+        self.dense: nn.Module | None = None
+        if spec.dense:
+            self.dense = nn.Sequential(nn.Linear(spec.hidden, spec.dense), nn.Tanh())
+            head_in = spec.dense
+        head_out = spec.vocab_size if spec.task == "lm" else 2 * spec.input_size
+        self.head = nn.Linear(head_in, head_out)
+        if spec.tied:
+            assert self.embedding is not None
+            self.head.weight = self.embedding.weight
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        if self.embedding is not None:
+            nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        if not self.spec.tied:
+            nn.init.uniform_(self.head.weight, -0.1, 0.1)
+        nn.init.zeros_(self.head.bias)
+
+    def init_state(self, batch: int, device: torch.device | None = None) -> State:
+        shape = (self.spec.layers, batch, self.spec.hidden)  # [L, B, H]
+        return tuple(torch.zeros(shape, device=device) for _ in range(self.spec.state_count))
+
+    def features(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """Core activations [B, T, D] before the head, and the new state."""
+        inputs = self.drop(self.embedding(x)) if self.embedding is not None else x  # [B, T, E|F]
+        if self.spec.cell == "lstm":
+            out, (h, c) = self.core(inputs, (state[0], state[1]))
+            new_state: State = (h, c)
+        else:
+            out, h = self.core(inputs, state[0])
+            new_state = (h,)
+        out = self.drop(out)  # [B, T, H]
+        if self.dense is not None:
+            out = self.drop(self.dense(out))  # [B, T, D]
+        return out, new_state
+
+    def forward(self, x: Tensor, state: State) -> tuple[tuple[Tensor, ...], State]:
+        """lm: ((log_probs [B, T, V],), state); sensor: ((mean, log_var) [B, T, F] each, state)."""
+        out, new_state = self.features(x, state)
+        logits = self.head(out)
+        if self.spec.task == "lm":
+            return (torch.log_softmax(logits, dim=-1),), new_state
+        mean, log_var = logits.chunk(2, dim=-1)
+        return (mean, log_var.clamp(LOG_VAR_MIN, LOG_VAR_MAX)), new_state
+
+
+def gaussian_nll(mean: Tensor, log_var: Tensor, target: Tensor) -> Tensor:
+    """Per-element Gaussian negative log-likelihood (the service's score sums this over features)."""
+    return 0.5 * (torch.log(torch.tensor(2 * torch.pi)) + log_var + (target - mean) ** 2 / log_var.exp())
