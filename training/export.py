@@ -54,7 +54,8 @@ class _Exportable(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs, new_state = self.model(x, tuple(state))
-        return (*outputs, *new_state)
+        prior = self.model.predict_from_state(tuple(state))
+        return (*outputs, *prior, *new_state)
 
 
 def _state_names(model: RecurrentNet) -> list[tuple[str, str]]:
@@ -63,19 +64,24 @@ def _state_names(model: RecurrentNet) -> list[tuple[str, str]]:
 
 
 def _output_names(model: RecurrentNet) -> list[str]:
-    return ["log_probs"] if model.spec.task == "lm" else ["mean", "log_var"]
+    """Per-event outputs [B, T, ...], then the prediction made from h_in [B, ...] (see model.py)."""
+    if model.spec.task == "lm":
+        return ["log_probs", "log_probs_in"]
+    return ["mean", "log_var", "mean_in", "log_var_in"]
 
 
 def onnx_spec(model: RecurrentNet, sha256: str) -> OnnxSpec:
     spec = model.spec
     L, H = spec.layers, spec.hidden
+    width = spec.vocab_size if spec.task == "lm" else spec.input_size
     if spec.task == "lm":
         x = TensorSpec(name="x", dtype="int64", shape=["B", "T"])
-        outs = [TensorSpec(name="log_probs", dtype="float32", shape=["B", "T", spec.vocab_size])]
     else:
-        F = spec.input_size
-        x = TensorSpec(name="x", dtype="float32", shape=["B", "T", F])
-        outs = [TensorSpec(name=n, dtype="float32", shape=["B", "T", F]) for n in ("mean", "log_var")]
+        x = TensorSpec(name="x", dtype="float32", shape=["B", "T", width])
+    outs = [
+        TensorSpec(name=n, dtype="float32", shape=["B", width] if n.endswith("_in") else ["B", "T", width])
+        for n in _output_names(model)
+    ]
     states = [StateSpec(input=i, output=o, shape=[L, "B", H]) for i, o in _state_names(model)]
     return OnnxSpec(
         file=ONNX_FILE,
@@ -110,7 +116,7 @@ def export_onnx(model: RecurrentNet, path: Path) -> None:
     output_names = [*_output_names(model), *(o for _, o in names)]
     dynamic_axes: dict[str, dict[int, str]] = {"x": {0: "B", 1: "T"}}
     for name in _output_names(model):
-        dynamic_axes[name] = {0: "B", 1: "T"}
+        dynamic_axes[name] = {0: "B"} if name.endswith("_in") else {0: "B", 1: "T"}
     for i, o in names:
         dynamic_axes[i] = {1: "B"}
         dynamic_axes[o] = {1: "B"}
@@ -153,7 +159,7 @@ def verify_export(
     model = model.cpu().eval()
     session = _ort_session(path)
     names = _state_names(model)
-    n_out = len(_output_names(model))
+    n_events = len(_output_names(model)) // 2  # per-event outputs; as many priors follow them
     gen = torch.Generator().manual_seed(seed)
     worst_torch = worst_step = 0.0
     checks = 0
@@ -164,21 +170,27 @@ def verify_export(
         chunk = session.run(None, feed)
         with torch.no_grad():
             outputs, new_state = model(x, state)
-        reference = [t.numpy() for t in (*outputs, *new_state)]
+            prior = model.predict_from_state(state)
+        reference = [t.numpy() for t in (*outputs, *prior, *new_state)]
         for got, want in zip(chunk, reference, strict=True):
             worst_torch = max(worst_torch, float(np.abs(got - want).max()))
             checks += 1
-        # the same events one at a time, state fed back
+        # The same events one at a time, state fed back. Each step's prior (prediction from h_in)
+        # must equal the previous step's per-event prediction: that is what the service relies on.
         step_state = [feed[i] for i, _ in names]
-        step_outputs: list[list[np.ndarray]] = [[] for _ in range(n_out)]
+        step_outputs: list[list[np.ndarray]] = [[] for _ in range(n_events)]
         for t in range(steps):
             step_feed = {"x": feed["x"][:, t : t + 1], **dict(zip((i for i, _ in names), step_state, strict=True))}
             result = session.run(None, step_feed)
-            for k in range(n_out):
+            for k in range(n_events):
                 step_outputs[k].append(result[k])
-            step_state = result[n_out:]
+                if t > 0:
+                    prior_gap = np.abs(result[n_events + k] - step_outputs[k][t - 1][:, 0]).max()
+                    worst_step = max(worst_step, float(prior_gap))
+            step_state = result[2 * n_events :]
         stepped = [np.concatenate(parts, axis=1) for parts in step_outputs] + list(step_state)
-        for got, want in zip(stepped, chunk, strict=True):
+        chunk_events_and_state = chunk[:n_events] + chunk[2 * n_events :]
+        for got, want in zip(stepped, chunk_events_and_state, strict=True):
             worst_step = max(worst_step, float(np.abs(got - want).max()))
             checks += 1
     if not (worst_torch <= tolerance and worst_step <= tolerance):

@@ -7,6 +7,7 @@ owns the state storage; the model only maps (x, state) to (y, state), so one gra
     lm:      x int64 [B, T] -> embedding [B, T, E] -> core [B, T, H] -> (dense) -> log_probs [B, T, V]
     sensor:  x f32 [B, T, F] -------------------------> core [B, T, H] -> (dense) -> mean, log_var [B, T, F]
     state:   h [L, B, H] (and c [L, B, H] for LSTM)
+    prior:   h_in[L-1] [B, H] -> (dense) -> head: the prediction for x[:, 0] (log_probs_in | mean_in, log_var_in)
 
 The Elman cell is torch's `nn.RNN` with tanh: `h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`, the
 textbook `tanh(U x_t + W h_{t-1} + b)` with the bias split in two (b = b_ih + b_hh).
@@ -101,8 +102,8 @@ class RecurrentNet(nn.Module):
         shape = (self.spec.layers, batch, self.spec.hidden)  # [L, B, H]
         return tuple(torch.zeros(shape, device=device) for _ in range(self.spec.state_count))
 
-    def features(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """Core activations [B, T, D] before the head, and the new state."""
+    def core_features(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """Recurrent core activations [B, T, H] (dropout applied), and the new state."""
         inputs = self.drop(self.embedding(x)) if self.embedding is not None else x  # [B, T, E|F]
         if self.spec.cell == "lstm":
             out, (h, c) = self.core(inputs, (state[0], state[1]))
@@ -110,19 +111,31 @@ class RecurrentNet(nn.Module):
         else:
             out, h = self.core(inputs, state[0])
             new_state = (h,)
-        out = self.drop(out)  # [B, T, H]
+        return self.drop(out), new_state  # [B, T, H]
+
+    def predict(self, features: Tensor) -> tuple[Tensor, ...]:
+        """Head on core features [..., H]: lm (log_probs [..., V],); sensor (mean, log_var) [..., F]."""
         if self.dense is not None:
-            out = self.drop(self.dense(out))  # [B, T, D]
-        return out, new_state
+            features = self.drop(self.dense(features))
+        logits = self.head(features)
+        if self.spec.task == "lm":
+            return (torch.log_softmax(logits, dim=-1),)
+        mean, log_var = logits.chunk(2, dim=-1)
+        return (mean, log_var.clamp(LOG_VAR_MIN, LOG_VAR_MAX))
 
     def forward(self, x: Tensor, state: State) -> tuple[tuple[Tensor, ...], State]:
         """lm: ((log_probs [B, T, V],), state); sensor: ((mean, log_var) [B, T, F] each, state)."""
-        out, new_state = self.features(x, state)
-        logits = self.head(out)
-        if self.spec.task == "lm":
-            return (torch.log_softmax(logits, dim=-1),), new_state
-        mean, log_var = logits.chunk(2, dim=-1)
-        return (mean, log_var.clamp(LOG_VAR_MIN, LOG_VAR_MAX)), new_state
+        out, new_state = self.core_features(x, state)
+        return self.predict(out), new_state
+
+    def predict_from_state(self, state: State) -> tuple[Tensor, ...]:
+        """The prediction made before the next event: the head on the last layer's h, [B, V|F].
+
+        The core's output at step t is the last layer's h_t for all three cells, so this equals the
+        prediction at the last position of the call that produced `state`. The service uses it to
+        score the first event of a request without storing the previous prediction per session.
+        """
+        return self.predict(self.drop(state[0][-1]))  # [B, H] -> [B, V] or [B, F] x 2
 
 
 def gaussian_nll(mean: Tensor, log_var: Tensor, target: Tensor) -> Tensor:
