@@ -19,11 +19,11 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-FORMAT_VERSION = 1
+FORMAT_VERSION: Final = 1
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
 VOCAB_FILE = "vocab.txt"
@@ -227,7 +227,9 @@ def read_vocab(artifact_dir: Path, spec: LmSpec) -> list[str]:
     if tokens and tokens[-1] == "":
         tokens.pop()
     if len(tokens) != spec.vocab_size:
-        raise ArtifactError(f"{artifact_dir}: vocab has {len(tokens)} tokens, manifest says {spec.vocab_size}")
+        raise ArtifactError(
+            f"{artifact_dir}: vocab has {len(tokens)} tokens, manifest says {spec.vocab_size}"
+        )
     if len(set(tokens)) != len(tokens):
         raise ArtifactError(f"{artifact_dir}: vocab has duplicate tokens")
     for special in (spec.unk_token, spec.eos_token):

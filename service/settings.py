@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one)")
     models_dir: Path = Field(Path("models"), description="registry root: <name>/<version>/ artifacts")
     providers: Annotated[list[Provider], NoDecode] = Field(
-        default_factory=lambda: ["cpu"],
+        default_factory=lambda: list[Provider](["cpu"]),
         description="ONNX Runtime providers in order of preference, e.g. `cuda,cpu`; "
         "CUDA falls back to CPU with a warning when absent",
     )
