@@ -1,0 +1,279 @@
+"""A generic sequence batcher: many sessions' step jobs of one model version -> few ONNX Runtime calls.
+
+It knows nothing about words, sensors or state; three hooks do (LitServe's split)::
+
+    await batch(items)            -> prepared   event loop: stack inputs, read the states
+    predict(prepared)             -> output     worker thread: the ONNX Runtime call
+    await unbatch(items, prepared, output, keep) -> one result per item
+                                                event loop: split outputs, write the states back
+
+`batch` and `unbatch` are coroutines so that a networked session store can read and write a batch's
+states in one round trip each; the memory store awaits nothing in them.
+
+Scheduling (Triton's sequence batcher, LitServe's loop): the loop takes whatever is queued, up to
+`max_batch_size` jobs. If the batch holds more than one job and is not full, and a queue delay is
+configured, it waits for more until the oldest job has waited `max_queue_delay_us`; a lone job (nothing
+else was queued) runs at once. Jobs are grouped by their event count T and each group is ONE call of
+shape [B, T, ...]: all events of a request go in one call, never T calls. Groups run one after the other
+on a dedicated single-thread executor, so the event loop keeps accepting work meanwhile.
+
+A failed group fails only its own jobs, with InferenceFailed, or with a copy of the ServiceError a hook
+raised (StoreUnavailable: the session store is down). A job whose caller was cancelled before its group
+ran is dropped; one cancelled while its group ran is reported to `unbatch` through `keep` (apply
+nothing for it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from service.errors import InferenceFailed, ServiceError, ShuttingDown
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+I = TypeVar("I")  # noqa: E741 - the item type, as in LitServe's hooks
+O = TypeVar("O")  # noqa: E741
+I_contra = TypeVar("I_contra", contravariant=True)
+O_co = TypeVar("O_co", covariant=True)
+
+
+class BatchHooks(Protocol[I_contra, O_co]):
+    async def batch(self, items: Sequence[I_contra]) -> Any: ...
+
+    def predict(self, prepared: Any) -> Any: ...
+
+    async def unbatch(
+        self, items: Sequence[I_contra], prepared: Any, output: Any, keep: Sequence[bool]
+    ) -> Sequence[O_co]: ...
+
+
+def _own_copy(exc: ServiceError) -> ServiceError:
+    """The same error as a new object, so that each caller's traceback is its own."""
+    clone = type(exc).__new__(type(exc), *exc.args)
+    clone.__dict__.update(exc.__dict__)
+    clone.details, clone.headers = dict(exc.details), dict(exc.headers)
+    return clone
+
+
+@dataclass(slots=True)
+class _Job(Generic[I, O]):
+    item: I
+    events: int
+    future: asyncio.Future[O]
+    enqueued_at: float
+
+
+class Batcher(Generic[I, O]):
+    def __init__(
+        self,
+        hooks: BatchHooks[I, O],
+        *,
+        max_batch_size: int,
+        max_queue_delay_us: int = 0,
+        metrics: Metrics | None = None,
+        labels: tuple[str, str] = ("", ""),
+        clock: Callable[[], float] = time.monotonic,
+        name: str = "batcher",
+    ) -> None:
+        self.hooks = hooks
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay = max_queue_delay_us / 1e6
+        self.metrics = metrics
+        self.labels = labels
+        self.clock = clock
+        self.name = name
+        self._queue: deque[_Job[I, O]] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
+        self.batches_run = 0
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting jobs, run every job already accepted, then stop the loop and its thread."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except TimeoutError:
+                log.warning(
+                    "batcher %s: %d job(s) still queued after %.1f s; failing them",
+                    self.name,
+                    len(self._queue),
+                    timeout,
+                )
+                self._task.cancel()
+                for job in self._queue:
+                    if not job.future.done():
+                        job.future.set_exception(ShuttingDown("the server is shutting down"))
+                self._queue.clear()
+        self._executor.shutdown(wait=True)
+
+    # ---- submitting --------------------------------------------------------------------------------
+
+    async def submit(self, item: I, events: int) -> O:
+        """Queue one job of `events` events; returns its result (or raises what its group raised)."""
+        if self._closing:
+            raise ShuttingDown("the server is shutting down")
+        future: asyncio.Future[O] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Job(item, events, future, self.clock()))
+        self._wakeup.set()
+        return await future
+
+    # ---- the loop ----------------------------------------------------------------------------------
+
+    def _take(self, batch: list[_Job[I, O]]) -> None:
+        while self._queue and len(batch) < self.max_batch_size:
+            job = self._queue.popleft()
+            if not job.future.cancelled():
+                batch.append(job)
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch: list[_Job[I, O]] = []
+            self._take(batch)
+            if self.max_queue_delay > 0 and 1 < len(batch) < self.max_batch_size:
+                deadline = batch[0].enqueued_at + self.max_queue_delay
+                while len(batch) < self.max_batch_size and not self._closing:
+                    remaining = deadline - self.clock()
+                    if remaining <= 0:
+                        break
+                    self._wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), remaining)
+                    self._take(batch)
+            if batch:
+                await self._run(batch)
+
+    async def _run(self, batch: list[_Job[I, O]]) -> None:
+        started = self.clock()
+        if self.metrics is not None:
+            delay = self.metrics.queue_delay.labels(*self.labels)
+            for job in batch:
+                delay.observe(started - job.enqueued_at)
+        groups: dict[int, list[_Job[I, O]]] = {}
+        for job in batch:
+            groups.setdefault(job.events, []).append(job)
+        for events, jobs in groups.items():
+            await self._run_group(events, jobs)
+
+    async def _run_group(self, events: int, jobs: list[_Job[I, O]]) -> None:
+        items = [job.item for job in jobs]
+        loop = asyncio.get_running_loop()
+        started = self.clock()
+        try:
+            prepared = await self.hooks.batch(items)
+            output = await loop.run_in_executor(self._executor, self.hooks.predict, prepared)
+            ran = self.clock()
+            keep = [not job.future.cancelled() for job in jobs]
+            results = await self.hooks.unbatch(items, prepared, output, keep)
+            if len(results) != len(jobs):  # outputs match inputs one for one
+                raise AssertionError(f"unbatch returned {len(results)} results for {len(jobs)} jobs")
+        except ServiceError as exc:  # e.g. the session store is down: the callers get that, as it is
+            log.warning("batcher %s: a batch of %d job(s) failed: %s", self.name, len(jobs), exc.message)
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(_own_copy(exc))
+            return
+        except Exception as exc:
+            log.exception(
+                "batcher %s: a batch of %d job(s) x %d event(s) failed", self.name, len(jobs), events
+            )
+            if self.metrics is not None:
+                self.metrics.batch_failures.labels(*self.labels).inc()
+            message = f"inference failed for a batch of {len(jobs)} session(s): {type(exc).__name__}: {exc}"
+            for job in jobs:  # one exception object per caller: each one's traceback is its own
+                if not job.future.done():
+                    job.future.set_exception(InferenceFailed(message, events=events, batch_size=len(jobs)))
+            return
+        self.batches_run += 1
+        if self.metrics is not None:
+            m, labels = self.metrics, self.labels
+            m.batch_size.labels(*labels).observe(len(jobs))
+            m.batch_events.labels(*labels).observe(len(jobs) * events)
+            m.inference_time.labels(*labels).observe(ran - started)
+        for job, result in zip(jobs, results, strict=True):
+            if not job.future.done():
+                job.future.set_result(result)
+
+
+class Coalescer(Generic[I, O]):
+    """Concurrent calls made in one turn of the event loop go out as ONE bulk call (auto-batching for
+    a networked store: 256 requests arriving together cost one round trip to look up, not 256).
+
+    `bulk(items)` answers one result per item, in order; a result that is an Exception is raised to
+    that caller alone. If `bulk` raises a ServiceError, every caller of that call gets a copy of it.
+    A caller never waits for a turn of the loop more than it would have for its own call."""
+
+    def __init__(self, bulk: Callable[[list[I]], Awaitable[Sequence[O | Exception]]], max_items: int = 512):
+        self.bulk = bulk
+        self.max_items = max_items
+        self._pending: list[tuple[I, asyncio.Future[O]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.calls = 0  # bulk calls made, for tests and metrics
+
+    async def __call__(self, item: I) -> O:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[O] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append((item, future))
+        return await future
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for start in range(0, len(pending), self.max_items):
+            task = asyncio.get_running_loop().create_task(self._run(pending[start : start + self.max_items]))
+            self._tasks.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, calls: list[tuple[I, asyncio.Future[O]]]) -> None:
+        self.calls += 1
+        try:
+            results = await self.bulk([item for item, _ in calls])
+            if len(results) != len(calls):
+                raise AssertionError(f"bulk call answered {len(results)} of {len(calls)} items")
+        except ServiceError as exc:
+            for _, future in calls:
+                if not future.done():
+                    future.set_exception(_own_copy(exc))
+            return
+        except Exception as exc:
+            log.exception("coalesced call of %d item(s) failed", len(calls))
+            for _, future in calls:
+                if not future.done():
+                    future.set_exception(ServiceError(f"{type(exc).__name__}: {exc}"))
+            return
+        for (_, future), result in zip(calls, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)

@@ -1,0 +1,87 @@
+"""What a task plugs into the serving core: decode a request into model input, encode outputs back.
+
+    payload (raw JSON) --validate--> request --decode--> Decoded(x [T] | [T, F], context)
+    graph outputs [B, ...] --postprocess (batched, worker thread)--> derived arrays [B, ...]
+    StepResult (this job's row of each derived array) --encode--> one output (a plain dict) per event
+
+Predictors hold no session state and never touch ONNX Runtime; the batcher and runner do that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from service.errors import BadRequest, InvalidInput
+from service.runner import StepResult
+
+R = TypeVar("R", bound=BaseModel)
+
+
+@dataclass(slots=True)
+class Decoded:
+    """Model input of one step request plus what encoding the answer needs."""
+
+    x: np.ndarray  # lm int64 [T]; sensor float32 [T, F], normalized
+    seq: int | None  # the client's seq, for exactly-once
+    fingerprint: int  # identifies the payload (without seq): a replay has the same one
+    context: Any  # task-specific: tokens and top_k, or timestamps
+    param: int = 0  # handed to postprocess with the job (lm: top_k)
+
+    @property
+    def events(self) -> int:
+        return int(self.x.shape[0])
+
+
+class Predictor(Protocol):
+    task: str
+
+    def decode(self, payload: dict[str, Any]) -> Decoded: ...
+
+    def postprocess(self, outputs: list[np.ndarray], x: np.ndarray, params: np.ndarray) -> list[np.ndarray]:
+        """Derive what `encode` needs from the graph's outputs for a whole batch, vectorized."""
+        ...
+
+    def encode(self, decoded: Decoded, result: StepResult, seq_before: int) -> list[dict[str, Any]]:
+        """One output per event, as plain values for `schemas.StepResponse` to validate in one go."""
+        ...
+
+
+def validate(model: type[R], payload: object) -> R:
+    """Parse a raw JSON body; a wrong shape is 400, wrong or missing fields 422 with readable details."""
+    if not isinstance(payload, dict):
+        raise BadRequest(f"the body must be a JSON object, not {type(payload).__name__}")
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        errors = [
+            {
+                "field": ".".join(str(p) for p in err["loc"]) or "body",
+                "message": err["msg"],
+                "type": err["type"],
+            }
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        raise InvalidInput(f"invalid request: {summary}", errors=errors) from None
+
+
+def fingerprint(*parts: bytes) -> int:
+    """64-bit digest of a request's payload parts (collisions matter only against the same session's
+    last request at the same seq)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return int.from_bytes(digest.digest(), "little")
+
+
+def check_event_count(events: int, limit: int) -> None:
+    if events > limit:
+        raise InvalidInput(
+            f"{events} events in one request; the limit is {limit}", events=events, limit=limit
+        )

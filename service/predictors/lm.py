@@ -1,0 +1,172 @@
+"""Word-level language model: words in, next-word predictions out; and continuation sampling.
+
+    {"tokens": [...]} | {"text": "..."}  -> ids int64 [T]  (unknown words -> <unk>, flagged, not an error)
+    log_probs [T, V], log_probs_in [V]   -> per event: logprob of the word that came, top-k next words
+
+The logprob of event t is what the model gave that word one step before: row t-1 of log_probs, and for
+the first event of a request the prediction from the state the request started from (log_probs_in),
+which is null only for a session that has consumed nothing (seq 0).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service import schemas
+from service.errors import InvalidInput
+from service.metrics import Metrics
+from service.predictors.base import Decoded, check_event_count, fingerprint, validate
+from service.registry import LoadedModel
+from service.runner import StepResult
+from service.settings import Settings
+
+# one ONNX Runtime step: (ids [1], state [L, H] per tensor) -> result with the new state
+StepFn = Callable[[np.ndarray, list[np.ndarray]], Awaitable[StepResult]]
+
+
+@dataclass(slots=True)
+class LmContext:
+    tokens: list[str]
+    unknown: np.ndarray  # bool [T]
+    top_k: int
+
+
+class LmPredictor:
+    task = "lm"
+
+    def __init__(self, model: LoadedModel, settings: Settings, metrics: Metrics | None = None) -> None:
+        spec = model.manifest.lm
+        assert spec is not None and model.vocab is not None
+        self.vocab = model.vocab
+        self.index = model.vocab_index
+        self.unk_id = self.index[spec.unk_token]
+        self.eos_id = self.index[spec.eos_token]
+        self.pattern = re.compile(spec.tokenizer.pattern)
+        self.lowercase = spec.tokenizer.lowercase
+        self.settings = settings
+        self.unknown_counter = metrics.unknown_tokens.labels(model.name, model.version) if metrics else None
+
+    def tokenize(self, text: str) -> list[str]:
+        return self.pattern.findall(text.lower() if self.lowercase else text)
+
+    def decode(self, payload: dict[str, object]) -> Decoded:
+        request = validate(schemas.LmEvents, payload)
+        if request.tokens is not None:
+            tokens = [t.lower() for t in request.tokens] if self.lowercase else list(request.tokens)
+        else:
+            tokens = self.tokenize(request.text or "")
+        check_event_count(len(tokens), self.settings.max_events_per_request)
+        get, unk = self.index.get, self.unk_id
+        ids = np.fromiter((get(t, unk) for t in tokens), np.int64, len(tokens))  # [T]
+        unknown = np.fromiter((t not in self.index for t in tokens), bool, len(tokens))
+        if self.unknown_counter is not None and unknown.any():
+            self.unknown_counter.inc(int(unknown.sum()))
+        top_k = min(request.top_k, self.settings.max_top_k, len(self.vocab))
+        fp = 0 if request.seq is None else fingerprint("\x00".join(tokens).encode(), str(top_k).encode())
+        context = LmContext(tokens, unknown, top_k)
+        return Decoded(x=ids, seq=request.seq, fingerprint=fp, context=context, param=top_k)
+
+    def postprocess(self, outputs: list[np.ndarray], x: np.ndarray, params: np.ndarray) -> list[np.ndarray]:
+        """[log_probs [B, T, V], log_probs_in [B, V], came [B, T], top ids [B, T, k], top probs [B, T, k]].
+
+        `came` is the logprob each event was given one step before it: by the prior for the first
+        event, by the previous event's output after that; k is the largest top_k asked in the batch.
+        """
+        log_probs, log_probs_in = outputs
+        came = np.empty(x.shape, np.float32)  # [B, T]
+        came[:, 0] = np.take_along_axis(log_probs_in, x[:, :1], axis=1)[:, 0]
+        if x.shape[1] > 1:
+            came[:, 1:] = np.take_along_axis(log_probs[:, :-1], x[:, 1:, None], axis=2)[..., 0]
+        top_ids, top_probs = top_k(log_probs, int(params.max(initial=0)))
+        return [log_probs, log_probs_in, came, top_ids, top_probs]
+
+    def encode(self, decoded: Decoded, result: StepResult, seq_before: int) -> list[dict[str, Any]]:
+        ctx: LmContext = decoded.context
+        _, _, came, top_ids, top_probs = result.outputs  # [T], [T, k'], [T, k'] with k' >= top_k
+        logprob: list[float | None] = list(came.tolist())
+        if seq_before == 0:
+            logprob[0] = None
+        k, vocab = ctx.top_k, self.vocab
+        ids, unknown = decoded.x.tolist(), ctx.unknown.tolist()
+        return [
+            {
+                "token": token,
+                "token_id": token_id,
+                "unknown": unk,
+                "logprob": lp,
+                "next": [{"token": vocab[i], "prob": p} for i, p in zip(nxt[:k], probs[:k], strict=True)],
+            }
+            for token, token_id, unk, lp, nxt, probs in zip(
+                ctx.tokens, ids, unknown, logprob, top_ids.tolist(), top_probs.tolist(), strict=True
+            )
+        ]
+
+    # ---- generation --------------------------------------------------------------------------------
+
+    async def generate(
+        self,
+        request: schemas.GenerateRequest,
+        state: list[np.ndarray],
+        step: StepFn,
+    ) -> tuple[list[int], list[np.ndarray]]:
+        """Sample up to max_tokens ids from `state`; returns them and the state after consuming them.
+
+        The first distribution is the prediction from the session's state (the graph's `log_probs_in`,
+        one call with a placeholder id whose other outputs are discarded); each sampled id is then fed
+        back, one call per token. `<eos>` ends generation when asked, and is neither returned nor fed.
+        """
+        if request.max_tokens > self.settings.max_generate_tokens:
+            raise InvalidInput(
+                f"max_tokens {request.max_tokens} is above the limit {self.settings.max_generate_tokens}",
+                limit=self.settings.max_generate_tokens,
+            )
+        rng = np.random.default_rng(request.seed)
+        first = await step(np.array([self.eos_id], np.int64), state)
+        dist = first.outputs[1]  # log_probs_in [V]: the prediction from `state`
+        generated: list[int] = []
+        for _ in range(request.max_tokens):
+            token = sample(dist, request.temperature, request.top_k, rng)
+            if request.stop_at_eos and token == self.eos_id:
+                break
+            result = await step(np.array([token], np.int64), state)
+            assert result.state is not None
+            state, dist = result.state, result.outputs[0][0]  # log_probs [T=1, V] -> [V]
+            generated.append(token)
+        return generated, state
+
+    def join(self, ids: list[int]) -> tuple[list[str], str]:
+        tokens = [self.vocab[i] for i in ids]
+        return tokens, " ".join(tokens)
+
+
+def top_k(log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k most likely ids of log_probs [..., V], most likely first, and their probabilities."""
+    vocab = log_probs.shape[-1]
+    k = min(k, vocab)
+    if k <= 0:
+        return np.zeros((*log_probs.shape[:-1], 0), np.intp), np.zeros((*log_probs.shape[:-1], 0))
+    top = np.argpartition(log_probs, vocab - k, axis=-1)[..., vocab - k :]
+    values = np.take_along_axis(log_probs, top, axis=-1)
+    order = np.argsort(-values, axis=-1, kind="stable")
+    top = np.take_along_axis(top, order, axis=-1)
+    probs = np.exp(np.take_along_axis(values, order, axis=-1).astype(np.float64))
+    return top, probs
+
+
+def sample(log_probs: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> int:
+    """Greedy at temperature 0; otherwise sample from softmax(log_probs / temperature), restricted to
+    the top_k most likely ids when top_k > 0."""
+    if temperature == 0:
+        return int(np.argmax(log_probs))
+    logits = log_probs.astype(np.float64) / temperature
+    if 0 < top_k < len(logits):
+        cut = np.partition(logits, len(logits) - top_k)[len(logits) - top_k]
+        logits = np.where(logits >= cut, logits, -np.inf)
+    logits -= logits.max()
+    weights = np.exp(logits)
+    return int(rng.choice(len(weights), p=weights / weights.sum()))

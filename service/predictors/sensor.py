@@ -1,0 +1,123 @@
+"""Streaming anomaly scoring of multivariate sensor readings.
+
+    readings [T, F] -> normalized x = (r - mu) / sigma, float32 [T, F]
+    mean, log_var [T, F] (prediction for the reading after each event), mean_in, log_var_in [F] (prior)
+
+Reading t is scored against the prediction made one step before it: the prior for the first reading of
+a request, row t-1 otherwise; the score is the Gaussian NLL in normalized space summed over features
+(the manifest's Calibration formula), turned into a probability by the calibration. The very first
+reading of a session (seq 0) has nothing to be scored against: score, probability and is_anomaly null.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service import schemas
+from service.errors import InvalidInput
+from service.metrics import Metrics
+from service.predictors.base import Decoded, check_event_count, fingerprint, validate
+from service.registry import LoadedModel
+from service.runner import StepResult
+from service.settings import Settings
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass(slots=True)
+class SensorContext:
+    timestamps: list[float | str] | None
+
+
+class SensorPredictor:
+    task = "sensor"
+
+    def __init__(self, model: LoadedModel, settings: Settings, metrics: Metrics | None = None) -> None:
+        spec = model.manifest.sensor
+        assert spec is not None
+        self.features = list(spec.features)
+        self.mu = np.asarray(spec.mean, np.float64)  # [F]
+        self.sigma = np.asarray(spec.std, np.float64)  # [F]
+        self.calibration = spec.calibration
+        self.settings = settings
+        self.anomaly_counter = metrics.anomalies.labels(model.name, model.version) if metrics else None
+
+    def decode(self, payload: dict[str, object]) -> Decoded:
+        request = validate(schemas.SensorEvents, payload)
+        readings = request.readings
+        check_event_count(len(readings), self.settings.max_events_per_request)
+        width = len(self.features)
+        for i, reading in enumerate(readings):
+            if len(reading) != width:
+                raise InvalidInput(
+                    f"reading {i} has {len(reading)} values; this model takes {width} "
+                    f"({', '.join(self.features)})",
+                    index=i,
+                    expected=width,
+                    got=len(reading),
+                )
+        raw = np.asarray(readings, np.float64).reshape(len(readings), width)  # [T, F]
+        if raw.size and not np.abs(raw).max() < 1e30:  # NaN compares False: take the careful path
+            self._refuse_non_finite(raw)
+        x = ((raw - self.mu) / self.sigma).astype(np.float32)
+        fp = 0
+        if request.seq is not None:
+            fp = fingerprint(raw.tobytes(), repr(request.timestamps).encode())
+        return Decoded(x=x, seq=request.seq, fingerprint=fp, context=SensorContext(request.timestamps))
+
+    def _refuse_non_finite(self, raw: np.ndarray) -> None:
+        """InvalidInput naming the first reading that is not finite once normalized to float32."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            bad = ~np.isfinite(((raw - self.mu) / self.sigma).astype(np.float32))
+        if not bad.any():
+            return
+        i, f = (int(v) for v in np.argwhere(bad)[0])
+        raise InvalidInput(
+            f"reading {i}, feature {self.features[f]!r}: {raw[i, f]!r} is not a finite number in range",
+            index=i,
+            feature=self.features[f],
+        )
+
+    def postprocess(self, outputs: list[np.ndarray], x: np.ndarray, params: np.ndarray) -> list[np.ndarray]:
+        """[predicted mean [B, T, F], predicted std [B, T, F], score [B, T], probability [B, T]].
+
+        Reading t is scored against the prediction made one step before it (the prior for t = 0).
+        """
+        mean, log_var, mean_in, log_var_in = (a.astype(np.float64) for a in outputs)  # [B, T, F], [B, F]
+        prev_mean = np.concatenate([mean_in[:, None], mean[:, :-1]], axis=1)
+        prev_lv = np.concatenate([log_var_in[:, None], log_var[:, :-1]], axis=1)
+        score = 0.5 * np.sum(_LOG_2PI + prev_lv + (x - prev_mean) ** 2 / np.exp(prev_lv), axis=2)
+        # the calibration's logistic, vectorized and written so that exp never overflows
+        z = (score - self.calibration.center) / self.calibration.scale
+        e = np.exp(-np.abs(z))
+        probability = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        return [mean * self.sigma + self.mu, np.exp(0.5 * log_var) * self.sigma, score, probability]
+
+    def encode(self, decoded: Decoded, result: StepResult, seq_before: int) -> list[dict[str, Any]]:
+        ctx: SensorContext = decoded.context
+        predicted_mean, predicted_std, score, probability = (a.tolist() for a in result.outputs)
+        flagged: list[bool | None] = [p >= 0.5 for p in probability]
+        if seq_before == 0:  # nothing was predicted before a session's first reading
+            score[0] = probability[0] = flagged[0] = None
+        if self.anomaly_counter is not None and any(flagged):
+            self.anomaly_counter.inc(sum(1 for f in flagged if f))
+        stamps: list[float | str | None] = (
+            [None] * len(score) if ctx.timestamps is None else list(ctx.timestamps)
+        )
+        return [
+            {
+                "score": s,
+                "probability": p,
+                "is_anomaly": f,
+                "predicted_mean": m,
+                "predicted_std": sd,
+                "timestamp": ts,
+            }
+            for s, p, f, m, sd, ts in zip(
+                score, probability, flagged, predicted_mean, predicted_std, stamps, strict=True
+            )
+        ]

@@ -1,0 +1,306 @@
+"""The model registry: every artifact under `models_dir`, verified, one ONNX Runtime session per version.
+
+    models_dir/<name>/<version>/{manifest.json, model.onnx, vocab.txt?}  ->  LoadedModel
+
+Verification refuses an artifact (ArtifactError, logged, the others still load) when the manifest does
+not parse, a hash does not match, the manifest disagrees with its own architecture (state shapes, the
+task's tensors), or the ONNX graph's actual inputs, outputs, dtypes and ranks differ from the manifest
+(Triton's habit: declare the contract, check it at load). A new version can be loaded while the others
+serve; the default version of a name is the highest one, compared numeric-aware ("10" > "9" > "1.2").
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from service import schemas
+from service.errors import ModelNotFound
+from service.manifest import ArtifactError, Manifest, TensorSpec, read_manifest, read_vocab, verify_files
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+_ORT_DTYPES = {"int64": "tensor(int64)", "float32": "tensor(float)"}
+TASK_OUTPUTS = {"lm": ("log_probs", "log_probs_in"), "sensor": ("mean", "log_var", "mean_in", "log_var_in")}
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # the manifest's pattern: no path tricks
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Numeric-aware ordering key: "2" < "10", "1.2" < "1.10", numbers before words in one position."""
+    parts = re.findall(r"\d+|[^\d.\-_]+", version)
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """One served model version: its manifest, vocabulary and ONNX Runtime session."""
+
+    manifest: Manifest
+    path: Path
+    session: ort.InferenceSession
+    vocab: list[str] | None = None
+    vocab_index: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def key(self) -> str:
+        """`name/version`: how stores, batchers and snapshot files name this version."""
+        return f"{self.name}/{self.version}"
+
+    @property
+    def task(self) -> str:
+        return self.manifest.task
+
+    @property
+    def state_count(self) -> int:
+        return len(self.manifest.onnx.states)
+
+    @property
+    def state_names(self) -> tuple[list[str], list[str]]:
+        """(input names, output names) of the state tensors, in manifest order."""
+        states = self.manifest.onnx.states
+        return [s.input for s in states], [s.output for s in states]
+
+    @property
+    def state_floats(self) -> int:
+        """float32 values of one session's state: state tensors x layers x hidden."""
+        layers, hidden = self.manifest.state_shape
+        return self.state_count * layers * hidden
+
+    @property
+    def features(self) -> int:
+        return self.manifest.architecture.input_size
+
+    def info(self, default: bool) -> schemas.ModelInfo:
+        m, arch = self.manifest, self.manifest.architecture
+        return schemas.ModelInfo(
+            name=m.name,
+            version=m.version,
+            task=m.task,
+            cell=arch.cell,
+            layers=arch.layers,
+            hidden=arch.hidden,
+            features=list(m.sensor.features) if m.sensor is not None else None,
+            vocab_size=m.lm.vocab_size if m.lm is not None else None,
+            default=default,
+        )
+
+    def run(self, feed: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        """One ONNX Runtime call; thread-safe (ORT sessions allow concurrent `run`)."""
+        result: list[np.ndarray] = self.session.run(outputs, feed)
+        return result
+
+
+def _check_contract(manifest: Manifest) -> None:
+    """The manifest agrees with the graph contract of training/export.py for its task and cell."""
+    layers, hidden = manifest.state_shape
+    onnx = manifest.onnx
+    inputs = {t.name: t for t in onnx.inputs}
+    outputs = {t.name: t for t in onnx.outputs}
+    x = inputs.get("x")
+    if manifest.task == "lm":
+        want_x = TensorSpec(name="x", dtype="int64", shape=["B", "T"])
+    else:
+        want_x = TensorSpec(name="x", dtype="float32", shape=["B", "T", manifest.architecture.input_size])
+    if x != want_x:
+        raise ArtifactError(f"input x is {x}, the {manifest.task} contract needs {want_x}")
+    for state in onnx.states:
+        if state.shape != [layers, "B", hidden]:
+            raise ArtifactError(
+                f"state {state.input} has shape {state.shape}, expected [{layers}, 'B', {hidden}]"
+            )
+        for name, table in ((state.input, inputs), (state.output, outputs)):
+            spec = table.get(name)
+            if spec is None or spec.dtype != "float32" or spec.shape != state.shape:
+                raise ArtifactError(f"state tensor {name} is {spec}, expected float32 {state.shape}")
+    missing = [n for n in TASK_OUTPUTS[manifest.task] if n not in outputs]
+    if missing:
+        raise ArtifactError(f"a {manifest.task} graph needs outputs {missing}")
+    if set(inputs) != {"x", *(s.input for s in onnx.states)}:
+        raise ArtifactError(f"inputs {sorted(inputs)} are not x and the state inputs")
+
+
+def _dims_agree(declared: list[int | str], actual: list[Any]) -> bool:
+    if len(declared) != len(actual):
+        return False
+    for want, got in zip(declared, actual, strict=True):
+        fixed = isinstance(got, int) and not isinstance(got, bool)
+        if isinstance(want, int) and fixed and got != want:
+            return False  # ORT names a fixed dim it could not infer; a concrete one must match
+        if isinstance(want, str) and fixed:
+            return False  # the manifest says dynamic (B or T), the graph fixed it
+    return True
+
+
+def _check_graph(manifest: Manifest, session: ort.InferenceSession) -> None:
+    """The graph's real inputs and outputs match the manifest: names, dtypes, ranks, fixed dims."""
+    for kind, declared, actual in (
+        ("input", manifest.onnx.inputs, session.get_inputs()),
+        ("output", manifest.onnx.outputs, session.get_outputs()),
+    ):
+        graph = {a.name: a for a in actual}
+        if kind == "input" and set(graph) != {t.name for t in declared}:
+            raise ArtifactError(
+                f"graph inputs {sorted(graph)} differ from the manifest's {sorted(t.name for t in declared)}"
+            )
+        for spec in declared:
+            node = graph.get(spec.name)
+            if node is None:
+                raise ArtifactError(f"the manifest's {kind} {spec.name!r} is not in the graph")
+            if node.type != _ORT_DTYPES[spec.dtype]:
+                raise ArtifactError(f"{kind} {spec.name}: graph type {node.type}, manifest {spec.dtype}")
+            if not _dims_agree(list(spec.shape), list(node.shape)):
+                raise ArtifactError(f"{kind} {spec.name}: graph shape {node.shape}, manifest {spec.shape}")
+
+
+def _providers(requested: list[str]) -> list[str]:
+    available = set(ort.get_available_providers())
+    chosen = []
+    for name in requested:
+        provider = _ORT_PROVIDERS[name]
+        if provider in available:
+            chosen.append(provider)
+        else:
+            log.warning("ONNX Runtime provider %s was requested but is not available; using CPU", provider)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def load_artifact(path: Path, settings: Settings) -> LoadedModel:
+    """Verify one artifact directory and build its ONNX Runtime session; ArtifactError if it cannot serve."""
+    manifest = read_manifest(path)
+    if (path.parent.name, path.name) != (manifest.name, manifest.version):
+        raise ArtifactError(
+            f"{path}: manifest says {manifest.name}/{manifest.version}, the directory differs"
+        )
+    verify_files(path, manifest)
+    try:
+        _check_contract(manifest)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{path}: {exc}") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = settings.inter_op_threads
+    try:
+        session = ort.InferenceSession(
+            str(path / manifest.onnx.file), options, providers=_providers(list(settings.providers))
+        )
+    except Exception as exc:  # ORT raises its own exception types for unreadable graphs
+        raise ArtifactError(f"{path}: ONNX Runtime cannot load the graph ({exc})") from exc
+    try:
+        _check_graph(manifest, session)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{path}: {exc}") from None
+    model = LoadedModel(manifest=manifest, path=path, session=session)
+    if manifest.lm is not None:
+        model.vocab = read_vocab(path, manifest.lm)
+        model.vocab_index = {token: i for i, token in enumerate(model.vocab)}
+    return model
+
+
+class Registry:
+    """All served model versions, by name and version."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._models: dict[str, dict[str, LoadedModel]] = {}
+        self.errors: dict[str, str] = {}  # "name/version" -> why it was refused
+
+    def load_all(self) -> list[LoadedModel]:
+        """Load every `<name>/<version>/` under models_dir; a refused artifact is logged and skipped."""
+        root = self.settings.models_dir
+        loaded: list[LoadedModel] = []
+        if not root.is_dir():
+            log.warning("models directory %s does not exist; serving no models", root)
+            return loaded
+        for name_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for version_dir in sorted(
+                p for p in name_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+            ):
+                try:
+                    loaded.append(self.load(name_dir.name, version_dir.name))
+                except ArtifactError as exc:
+                    log.error("refusing artifact %s/%s: %s", name_dir.name, version_dir.name, exc)
+        return loaded
+
+    def load(self, name: str, version: str) -> LoadedModel:
+        """Load one artifact; a version already loaded is returned as it is (its sessions belong to it)."""
+        if version in self._models.get(name, {}):
+            return self._models[name][version]
+        key = f"{name}/{version}"
+        if not (_NAME.match(name) and _NAME.match(version)):
+            raise ArtifactError(f"{key!r} is not a model name and version")
+        try:
+            model = load_artifact(self.settings.models_dir / name / version, self.settings)
+        except ArtifactError as exc:
+            self.errors[key] = str(exc)
+            raise
+        self.errors.pop(key, None)
+        self._models.setdefault(name, {})[version] = model
+        log.info(
+            "loaded model %s (%s, %s, %d state floats per session)",
+            key,
+            model.task,
+            model.manifest.architecture.cell,
+            model.state_floats,
+        )
+        return model
+
+    def default_version(self, name: str) -> str:
+        versions = self._models.get(name)
+        if not versions:
+            raise ModelNotFound(f"no model named {name!r}", model=name)
+        return max(versions, key=version_key)
+
+    def get(self, name: str, version: str | None = None) -> LoadedModel:
+        versions = self._models.get(name)
+        if not versions:
+            raise ModelNotFound(f"no model named {name!r}", model=name)
+        if version is None:
+            version = self.default_version(name)
+        model = versions.get(version)
+        if model is None:
+            raise ModelNotFound(
+                f"model {name!r} has no version {version!r}",
+                model=name,
+                version=version,
+                available=sorted(versions, key=version_key),
+            )
+        return model
+
+    def find(self, key: str) -> LoadedModel | None:
+        """The model version named `name/version`, or None."""
+        name, _, version = key.partition("/")
+        return self._models.get(name, {}).get(version)
+
+    def all(self) -> list[LoadedModel]:
+        return [m for name in sorted(self._models) for m in self._models[name].values()]
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._models.values())
+
+    def models(self) -> schemas.ModelList:
+        infos = []
+        for name in sorted(self._models):
+            default = self.default_version(name)
+            for version in sorted(self._models[name], key=version_key):
+                infos.append(self._models[name][version].info(default=version == default))
+        return schemas.ModelList(models=infos)

@@ -1,0 +1,460 @@
+"""The serving core's facade: what the HTTP, WebSocket and KServe layers call. No HTTP in here.
+
+    registry (ONNX Runtime sessions) -> store (memory slabs | Redis) -> batcher (+ runner hooks) -> predictors
+
+`owner` is the caller's API key identity, or None when auth is off; a session of another owner is
+reported as not found. Every failure is a `service.errors.ServiceError` with its status and code.
+
+Exactly-once steps: a step body may carry `seq`, the count of events the client believes the session
+has consumed. seq == count: applied. The same request (same seq, same payload) as the last applied one:
+its stored response is returned and nothing is applied (metric `replays`). Anything else: 409
+SequenceConflict with `expected_seq`. Without `seq`, the request is applied as it comes. Requests for
+one session are applied one at a time in arrival order (`Turns`) within this process.
+
+Across processes (store=redis, several replicas) the rule holds by check-and-set: a step is looked up,
+run in a batch, and written back only if the session is still at the seq its lookup saw (runner.py).
+The answer is stored in the same atomic write, so when two replicas race on one request the loser
+finds the winner's answer and replays it (same payload) or answers 409 (another payload); an
+unsequenced request that lost such a race is run again on the new state. Never both, never neither.
+
+KServe V2 with Triton's sequence extension (client-chosen `sequence_id`): use `sequence_session_id` to
+map (sequence_id, owner) to this manager's session id (owners never collide), `start_sequence` for
+`sequence_start` (it replaces a live sequence of that id), `step`/`generate` with the mapped id, and
+`delete` for `sequence_end`. Plain REST clients get server-chosen 128-bit ids from `create`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+from prometheus_client import Counter
+
+from service import schemas
+from service.batcher import Batcher
+from service.errors import (
+    BadRequest,
+    InvalidInput,
+    ModelNotFound,
+    NotReady,
+    SequenceConflict,
+    SessionDeleted,
+    SessionGone,
+    SessionNotFound,
+    ShuttingDown,
+    StoreUnavailable,
+)
+from service.metrics import Metrics
+from service.predictors import LmPredictor, Predictor, make_predictor
+from service.predictors.base import Decoded, validate
+from service.registry import LoadedModel, Registry
+from service.runner import ModelRunner, StepJob, StepResult
+from service.settings import Settings
+from service.store import MemoryStore, SessionRecord, SessionStore, Status, StoredAnswer
+from service.store.transfer import decode_snapshot, encode_snapshot
+from service.turns import Turns
+
+log = logging.getLogger(__name__)
+
+# An unsequenced step that lost a check-and-set race (another replica wrote the session between its
+# read and its write) runs again on the new state, this many times in all before answering 409.
+_ATTEMPTS = 3
+
+
+@dataclass(eq=False)
+class _Served:
+    """One served model version and what its requests use (metric children looked up once)."""
+
+    model: LoadedModel
+    part: int
+    predictor: Predictor
+    batcher: Batcher[StepJob, StepResult]
+    events: Counter
+    replays: Counter
+    conflicts: Counter
+
+
+def _iso(wall: float) -> str:
+    return dt.datetime.fromtimestamp(wall, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class SessionManager:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+        store: SessionStore | None = None,
+    ) -> None:
+        """`store`: the session store to use instead of the one `settings.store` names."""
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self.registry = Registry(settings)
+        self.store: SessionStore
+        if store is not None:
+            self.store = store
+        elif settings.store == "redis":
+            from service.store.redis_store import RedisStore
+
+            self.store = RedisStore(settings, metrics)
+        else:
+            self.store = MemoryStore(settings, metrics, clock)
+        self._served: dict[str, _Served] = {}
+        self._turns = Turns()
+        self._ready = False
+        self._started = False
+        self._stopping = False
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load and verify every model, start a batcher per version, connect the store; the memory
+        store reloads the snapshot file (store=redis reads none: Redis keeps the sessions itself)."""
+        models = await asyncio.to_thread(self.registry.load_all)
+        for model in models:
+            self._serve(model)
+        await self.store.open()
+        path = self.settings.snapshot_path
+        if path is not None and not self.store.persistent and path.is_file():
+            self._load_snapshot(path)
+        self._started = True
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="session-sweeper")
+        self._ready = True
+
+    async def stop(self) -> None:
+        """Refuse new work (ShuttingDown), finish queued and in-flight batches; the memory store writes
+        the snapshot file (store=redis writes nothing: the sessions are in Redis already)."""
+        if self._stopping:
+            return
+        self._stopping, self._ready = True, False
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        drain = self.settings.shutdown_drain_s
+        deadline = time.monotonic() + drain  # real time: a test's fake clock must not stall shutdown
+        # requests already admitted finish first: with a networked store they may still be looking up
+        # their session, on their way to the batcher
+        while len(self._turns) and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        remaining = max(0.0, deadline - time.monotonic())
+        await asyncio.gather(*(s.batcher.stop(remaining) for s in self._served.values()))
+        path = self.settings.snapshot_path
+        # a failed start must not overwrite a good snapshot
+        if path is not None and self._started and not self.store.persistent:
+            count = self.store.save(path)
+            log.info("wrote %d session(s) to %s", count, path)
+        await self.store.close()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    async def check_store(self) -> None:
+        """StoreUnavailable (503 `store_unavailable`) unless the session store answers now. For
+        readiness probes: with store=redis the service stays up while Redis is away (every request
+        that needs it answers 503 on its own) and recovers by itself when it is back."""
+        await self.store.ping()
+
+    def _check_open(self) -> None:
+        if self._stopping:
+            raise ShuttingDown("the server is shutting down")
+        if not self._ready:
+            raise NotReady("the server is starting: models are loading")
+
+    def _serve(self, model: LoadedModel) -> _Served:
+        served = self._served.get(model.key)
+        if served is not None:
+            return served
+        part = self.store.attach(model)
+        s = self.settings
+        predictor = make_predictor(model, s, self.metrics)
+        batcher: Batcher[StepJob, StepResult] = Batcher(
+            ModelRunner(model, self.store, part, predictor.postprocess),
+            max_batch_size=s.max_batch_size,
+            max_queue_delay_us=s.max_queue_delay_us,
+            metrics=self.metrics,
+            labels=(model.name, model.version),
+            clock=self.clock,
+            name=model.key,
+        )
+        batcher.start()
+        m = self.metrics
+        served = self._served[model.key] = _Served(
+            model=model,
+            part=part,
+            predictor=predictor,
+            batcher=batcher,
+            events=m.events.labels(model.name, model.version),
+            replays=m.replays.labels(model.name),
+            conflicts=m.seq_conflicts.labels(model.name),
+        )
+        return served
+
+    async def load_model(self, name: str, version: str) -> schemas.ModelInfo:
+        """Load a new version while serving (ArtifactError if it does not verify); returns its info."""
+        self._check_open()
+        model = await asyncio.to_thread(self.registry.load, name, version)
+        self._serve(model)
+        return model.info(default=self.registry.default_version(name) == version)
+
+    def _load_snapshot(self, path: Path) -> None:
+        try:
+            count = self.store.load(path, self.registry.all())
+        except (OSError, ValueError, KeyError) as exc:
+            log.error("session snapshot %s not loaded: %s", path, exc)
+            return
+        done = path.with_name(path.name + ".loaded")
+        path.replace(done)  # a crash later must not bring these sessions back a second time
+        log.info("restored %d session(s) from %s (moved to %s)", count, path, done)
+
+    async def _sweep_forever(self) -> None:
+        interval = min(max(self.settings.session_ttl_s / 10, 0.05), 30.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.store.sweep()
+            except StoreUnavailable:
+                pass  # the store logs the outage once; the next pass tries again
+            except Exception:  # the sweeper must outlive a bad pass
+                log.exception("session sweep failed")
+
+    async def sweep(self) -> int:
+        """Expire idle sessions now (the sweeper does it periodically); returns how many expired."""
+        return await self.store.sweep()
+
+    # ---- models and sessions -----------------------------------------------------------------------
+
+    def models(self) -> schemas.ModelList:
+        return self.registry.models()
+
+    def _info(self, record: SessionRecord) -> schemas.SessionInfo:
+        name, _, version = record.model_key.partition("/")
+        return schemas.SessionInfo(
+            session_id=record.session_id,
+            model=name,
+            version=version,
+            seq=record.seq,
+            created_at=_iso(record.created_at),
+            last_used_at=_iso(record.last_used_at),
+            expires_at=_iso(record.expires_at),
+        )
+
+    async def create(
+        self, body: schemas.CreateSession, owner: str | None, session_id: str | None = None
+    ) -> schemas.SessionInfo:
+        """A new session on `body.model` (default version unless given), optionally restored from a
+        snapshot. `session_id` lets a protocol choose the id (KServe: see `start_sequence`); an id in
+        use is a BadRequest, an ended id may be reused."""
+        self._check_open()
+        state: list[np.ndarray] | None = None
+        seq = 0
+        snapshot = body.snapshot
+        if snapshot is not None:
+            if snapshot.model != body.model or (
+                body.version is not None and body.version != snapshot.version
+            ):
+                raise InvalidInput(
+                    f"the snapshot is of {snapshot.model}/{snapshot.version}, not {body.model}"
+                    f"{'/' + body.version if body.version else ''}"
+                )
+            try:
+                model = self.registry.get(snapshot.model, snapshot.version)
+            except ModelNotFound as exc:
+                raise InvalidInput(
+                    f"the snapshot's model version {snapshot.model}/{snapshot.version} is not loaded"
+                ) from exc
+            state, seq = decode_snapshot(snapshot, model), snapshot.seq
+        else:
+            model = self.registry.get(body.model, body.version)
+        self._serve(model)
+        record = await self.store.create(model.key, owner, session_id=session_id, seq=seq, state=state)
+        return self._info(record)
+
+    @staticmethod
+    def sequence_session_id(sequence_id: str | int, owner: str | None) -> str:
+        """The session id for a KServe/Triton `sequence_id` of `owner` (ids of two owners never meet)."""
+        scope = "open" if owner is None else hashlib.blake2b(owner.encode(), digest_size=6).hexdigest()
+        return f"seq-{scope}-{sequence_id}"
+
+    async def start_sequence(
+        self, model: str, version: str | None, sequence_id: str | int, owner: str | None
+    ) -> schemas.SessionInfo:
+        """Triton's `sequence_start`: a fresh session under the sequence's id, replacing a live one."""
+        session_id = self.sequence_session_id(sequence_id, owner)
+        await self._turns.acquire(session_id)
+        try:
+            with contextlib.suppress(SessionNotFound, SessionGone):
+                await self.store.delete(session_id, owner)
+            return await self.create(schemas.CreateSession(model=model, version=version), owner, session_id)
+        finally:
+            self._turns.release(session_id)
+
+    async def get(self, session_id: str, owner: str | None) -> schemas.SessionInfo:
+        self._check_open()
+        return self._info(await self.store.lookup(session_id, owner, touch=False))
+
+    async def delete(self, session_id: str, owner: str | None) -> None:
+        self._check_open()
+        await self._turns.acquire(session_id)
+        try:
+            await self.store.delete(session_id, owner)
+        finally:
+            self._turns.release(session_id)
+
+    async def reset(self, session_id: str, owner: str | None) -> schemas.SessionInfo:
+        self._check_open()
+        await self._turns.acquire(session_id)
+        try:
+            record = await self.store.lookup(session_id, owner)
+            self._served_for(record)
+            return self._info(await self.store.reset(record))
+        finally:
+            self._turns.release(session_id)
+
+    async def export_state(self, session_id: str, owner: str | None) -> schemas.Snapshot:
+        self._check_open()
+        record = await self.store.lookup(session_id, owner, touch=False)
+        model = self._served_for(record).model
+        seq, state = await self.store.read_state(record)
+        return encode_snapshot(model, seq, state)
+
+    def _served_for(self, record: SessionRecord) -> _Served:
+        """The served version of a session; with a shared store the session may have been created by
+        another replica, on a version this one serves but has not used yet, or does not serve."""
+        served = self._served.get(record.model_key)
+        if served is None:
+            name, _, version = record.model_key.partition("/")
+            try:
+                served = self._serve(self.registry.get(name, version))
+            except ModelNotFound as exc:
+                raise ModelNotFound(
+                    f"session {record.session_id} is on {record.model_key}, which this server does "
+                    "not serve",
+                    session_id=record.session_id,
+                    model=name,
+                    version=version,
+                ) from exc
+        return served
+
+    # ---- steps -------------------------------------------------------------------------------------
+
+    async def step(self, session_id: str, owner: str | None, payload: dict[str, Any]) -> schemas.StepResponse:
+        """Apply one request's events (all in one ONNX Runtime call) and answer one output per event."""
+        self._check_open()
+        await self._turns.acquire(session_id)
+        try:
+            for _ in range(_ATTEMPTS):
+                record = await self.store.lookup(session_id, owner)
+                served = self._served.get(record.model_key) or self._served_for(record)
+                decoded = served.predictor.decode(payload)
+                if decoded.seq is not None and decoded.seq != record.seq:
+                    answer = await self.store.last_answer(record)
+                    return self._replay_or_conflict(served, decoded, record.seq, answer)
+                if decoded.events == 0:
+                    return schemas.StepResponse(seq=record.seq, outputs=[])
+                job = StepJob(
+                    decoded.x, record, param=decoded.param, answer=self._answer_hook(served, decoded, record)
+                )
+                result = await served.batcher.submit(job, decoded.events)
+                if result.error is not None:
+                    raise result.error
+                if result.status == Status.APPLIED:
+                    served.events.inc(decoded.events)
+                    response: schemas.StepResponse = result.response
+                    return response
+                if result.status == Status.GONE:
+                    await self._raise_gone(session_id, owner)
+                # CONFLICT: the session moved on between the lookup and the write (another replica)
+                if decoded.seq is not None:
+                    answer = result.answer or await self.store.last_answer(record)
+                    return self._replay_or_conflict(served, decoded, result.seq, answer)
+            served.conflicts.inc()
+            raise SequenceConflict(
+                f"session {session_id} kept changing under this request ({_ATTEMPTS} attempts); "
+                "nothing was applied",
+                expected_seq=result.seq,
+            )
+        finally:
+            self._turns.release(session_id)
+
+    @staticmethod
+    def _answer_hook(
+        served: _Served, decoded: Decoded, record: SessionRecord
+    ) -> Callable[[StepResult], tuple[schemas.StepResponse, StoredAnswer | None]]:
+        """Builds the response in the batch, before the write, so that the answer for replays is
+        stored atomically with the state it belongs to."""
+
+        def answer(result: StepResult) -> tuple[schemas.StepResponse, StoredAnswer | None]:
+            outputs = served.predictor.encode(decoded, result, record.seq)
+            # one validation in pydantic-core builds every output object: cheaper than constructing them
+            response = schemas.StepResponse.model_validate({"seq": result.seq, "outputs": outputs})
+            if decoded.seq is None:
+                return response, None
+            stored = response.model_dump_json().encode()
+            return response, StoredAnswer(decoded.seq, decoded.fingerprint, stored)
+
+        return answer
+
+    @staticmethod
+    def _replay_or_conflict(
+        served: _Served, decoded: Decoded, current: int, answer: StoredAnswer | None
+    ) -> schemas.StepResponse:
+        """A sequenced request that does not fit the session's seq: the stored response if it is the
+        last applied request again (same seq, same payload), else 409."""
+        if answer is not None and (answer.seq, answer.fingerprint) == (decoded.seq, decoded.fingerprint):
+            served.replays.inc()
+            return schemas.StepResponse.model_validate_json(answer.response)
+        served.conflicts.inc()
+        raise SequenceConflict(
+            f"seq {decoded.seq} does not match the session's {current}",
+            expected_seq=current,
+            got_seq=decoded.seq,
+        )
+
+    async def _raise_gone(self, session_id: str, owner: str | None) -> NoReturn:
+        """The session ended while its batch ran (nothing was applied): raise why."""
+        await self.store.lookup(session_id, owner, touch=False)  # raises the tombstone's reason
+        raise SessionDeleted(f"session {session_id} ended while its request ran", session_id=session_id)
+
+    async def generate(
+        self, session_id: str, owner: str | None, payload: dict[str, Any]
+    ) -> schemas.GenerateResponse:
+        """Sample a continuation (lm only); the session advances only with `commit: true`."""
+        self._check_open()
+        await self._turns.acquire(session_id)
+        try:
+            record = await self.store.lookup(session_id, owner)
+            served = self._served_for(record)
+            predictor = served.predictor
+            if not isinstance(predictor, LmPredictor):
+                raise BadRequest(
+                    f"generate needs an lm model; {record.model_key} is a {served.model.task} model"
+                )
+            request = validate(schemas.GenerateRequest, payload)
+            batcher = served.batcher
+
+            async def step(x: np.ndarray, state: list[np.ndarray]) -> StepResult:
+                return await batcher.submit(StepJob(x, None, state=state), 1)
+
+            seq, start = await self.store.read_state(record)
+            ids, state = await predictor.generate(request, start, step)
+            if request.commit and ids:
+                # check-and-set against the seq the start state had: another replica may step meanwhile
+                seq = (await self.store.write_state(replace(record, seq=seq), state, seq + len(ids))).seq
+                served.events.inc(len(ids))
+            tokens, text = predictor.join(ids)
+            return schemas.GenerateResponse(tokens=tokens, text=text, seq=seq)
+        finally:
+            self._turns.release(session_id)

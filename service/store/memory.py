@@ -1,0 +1,437 @@
+"""The embedded session store: slabs per model version, one id -> row dict, bounded tombstones.
+
+Per idle session it holds one slab row, ~48 bytes of numpy metadata, a list slot and one dict entry
+(the key is 16 raw bytes for our own ids); no Python object per session beyond that key and its row
+number. Ended ids are remembered as tombstones for `gone_retention_s` (at most `max_sessions` per served
+version, oldest first out), so that they answer 410 with the reason instead of 404.
+
+Everything runs on the event loop and awaits nothing: the async methods of the `SessionStore` protocol
+are plain functions here, and a batch's gather / commit are one vectorized numpy pass each. The process
+is the only writer, so a commit's check-and-set never fails in practice (requests for one session take
+turns in the manager); it is checked all the same, cheaply, so that both backends keep the same rule.
+Sessions survive a restart through the snapshot file (snapshot_file.py), written at shutdown.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from service.errors import GONE_BY_REASON, BadRequest, CapacityExceeded, SequenceConflict, SessionNotFound
+from service.metrics import Metrics
+from service.registry import LoadedModel
+from service.settings import Settings
+from service.store.base import (
+    Committed,
+    Gathered,
+    SessionKey,
+    SessionRecord,
+    Status,
+    StoredAnswer,
+    check_session_id,
+    key_to_id,
+    session_key,
+)
+from service.store.slab import NO_ANSWER, Partition
+from service.store.snapshot_file import load_sessions, save_sessions
+
+REASONS = ("expired", "evicted", "deleted")
+_READY, _CONFLICT, _GONE = int(Status.READY), int(Status.CONFLICT), int(Status.GONE)  # plain ints: faster
+_ROW_BITS = 32
+
+
+class MemoryStore:
+    persistent = False  # the manager writes the snapshot file at stop and reads it at start
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        initial_rows: int = 1024,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self.wall_offset = time.time() - clock()  # wall time = wall_offset + monotonic time
+        self.ttl = settings.session_ttl_s
+        self._initial_rows = initial_rows
+        self._parts: list[Partition] = []
+        self._part_by_key: dict[str, int] = {}
+        self._index: dict[SessionKey, int] = {}  # key -> (partition << 32) | row
+        self._owners: list[str | None] = [None]
+        self._owner_index: dict[str | None, int] = {None: 0}
+        self._gone: dict[SessionKey, tuple[int, int, float]] = {}  # key -> (reason, owner, until)
+
+    # ---- partitions --------------------------------------------------------------------------------
+
+    def attach(self, model: LoadedModel) -> int:
+        existing = self._part_by_key.get(model.key)
+        if existing is not None:
+            return existing
+        layers, hidden = model.manifest.state_shape
+        return self.attach_spec(model.key, model.state_count, layers, hidden, model.manifest.onnx.sha256)
+
+    def attach_spec(self, key: str, state_count: int, layers: int, hidden: int, sha256: str = "") -> int:
+        """`attach` by shape alone (tests and measurements use it without a graph)."""
+        existing = self._part_by_key.get(key)
+        if existing is not None:
+            return existing
+        part = Partition(
+            key,
+            state_count,
+            layers,
+            hidden,
+            self.settings.max_sessions,
+            sha256=sha256,
+            initial_rows=self._initial_rows,
+        )
+        self._parts.append(part)
+        self._part_by_key[key] = len(self._parts) - 1
+        self._update_gauges(part)
+        return len(self._parts) - 1
+
+    def partition_of(self, model_key: str) -> int | None:
+        return self._part_by_key.get(model_key)
+
+    def partition(self, index: int) -> Partition:
+        return self._parts[index]
+
+    @property
+    def partitions(self) -> list[Partition]:
+        return self._parts
+
+    @property
+    def owners(self) -> list[str | None]:
+        """The owner table: a row's `owner` column indexes it."""
+        return self._owners
+
+    async def live_sessions(self, model_key: str) -> int:
+        return self.live_now(model_key)
+
+    def live_now(self, model_key: str) -> int:
+        index = self._part_by_key.get(model_key)
+        return 0 if index is None else self._parts[index].live
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def ping(self) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    # ---- helpers -----------------------------------------------------------------------------------
+
+    def _owner(self, owner: str | None) -> int:
+        index = self._owner_index.get(owner)
+        if index is None:
+            index = self._owner_index[owner] = len(self._owners)
+            self._owners.append(owner)
+        return index
+
+    def _record(self, part: int, row: int) -> SessionRecord:
+        p = self._parts[part]
+        key = p.ids[row]
+        assert key is not None
+        last_used = float(p.last_used[row])
+        return SessionRecord(
+            session_id=key_to_id(key),
+            model_key=p.key,
+            part=part,
+            row=row,
+            gen=int(p.gen[row]),
+            seq=int(p.seq[row]),
+            created_at=float(p.created[row]),
+            last_used_at=self.wall_offset + last_used,
+            expires_at=self.wall_offset + last_used + self.ttl,
+        )
+
+    def _update_gauges(self, p: Partition) -> None:
+        if self.metrics is not None:
+            name, _, version = p.key.partition("/")
+            self.metrics.active_sessions.labels(name, version).set(p.live)
+            self.metrics.state_bytes.labels(name, version).set(p.state_nbytes)
+
+    def _end(self, part: int, rows: np.ndarray, reason: str, now: float) -> None:
+        """End sessions: tombstone their ids, free their rows, count them."""
+        p = self._parts[part]
+        if len(rows) == 0:
+            return
+        reason_index = REASONS.index(reason)
+        until = now + self.settings.gone_retention_s
+        owners = p.owner[rows].tolist()
+        for row, owner in zip(rows.tolist(), owners, strict=True):
+            key = p.ids[row]
+            assert key is not None
+            del self._index[key]
+            if self.settings.gone_retention_s > 0:
+                self._gone[key] = (reason_index, owner, until)
+        p.release(rows)
+        self._trim_tombstones(now)
+        if self.metrics is not None:
+            self.metrics.sessions_ended.labels(p.name, reason).inc(len(rows))
+        self._update_gauges(p)
+
+    def _trim_tombstones(self, now: float) -> None:
+        limit = self.settings.max_sessions * max(1, len(self._parts))
+        gone = self._gone
+        while gone:
+            first = next(iter(gone))
+            if gone[first][2] > now and len(gone) <= limit:
+                break
+            del gone[first]
+
+    def _locate(self, session_id: str, owner: str | None, now: float) -> tuple[int, int]:
+        key = session_key(session_id)
+        packed = self._index.get(key)
+        owner_index = self._owner_index.get(owner, -2)
+        if packed is None:
+            tomb = self._gone.get(key)
+            if tomb is not None and tomb[2] > now and tomb[1] == owner_index:
+                reason = REASONS[tomb[0]]
+                raise GONE_BY_REASON[reason](
+                    f"session {session_id} was {reason}", session_id=session_id, reason=reason
+                )
+            raise SessionNotFound(f"no session {session_id}", session_id=session_id)
+        part, row = packed >> _ROW_BITS, packed & ((1 << _ROW_BITS) - 1)
+        p = self._parts[part]
+        if p.owner[row] != owner_index:
+            raise SessionNotFound(f"no session {session_id}", session_id=session_id)
+        if p.last_used[row] + self.ttl <= now:
+            self._end(part, np.array([row]), "expired", now)
+            raise GONE_BY_REASON["expired"](
+                f"session {session_id} was expired", session_id=session_id, reason="expired"
+            )
+        return part, row
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        model_key: str,
+        owner: str | None,
+        *,
+        session_id: str | None = None,
+        seq: int = 0,
+        state: Sequence[np.ndarray] | None = None,
+    ) -> SessionRecord:
+        return self.create_now(model_key, owner, session_id=session_id, seq=seq, state=state)
+
+    def create_now(
+        self,
+        model_key: str,
+        owner: str | None,
+        *,
+        session_id: str | None = None,
+        seq: int = 0,
+        state: Sequence[np.ndarray] | None = None,
+    ) -> SessionRecord:
+        """`create`, synchronously (this backend never waits)."""
+        part = self._part_by_key[model_key]
+        p = self._parts[part]
+        now = self.clock()
+        if session_id is not None:
+            check_session_id(session_id)
+            key = session_key(session_id)
+            if key in self._index:
+                raise BadRequest(f"session id {session_id} is in use", session_id=session_id)
+            self._gone.pop(key, None)
+        else:
+            key = secrets.token_bytes(16)
+            while key in self._index or key in self._gone:
+                key = secrets.token_bytes(16)
+        row = p.allocate()
+        if row is None:
+            self._end(part, p.idle_rows(now - self.ttl), "expired", now)
+            row = p.allocate()
+        if row is None and self.settings.capacity_policy == "evict":
+            victim = p.lru_row()
+            if victim is not None:
+                self._end(part, np.array([victim]), "evicted", now)
+                row = p.allocate()
+        if row is None:
+            oldest = float(p.last_used[p.live_rows()].min()) if p.live else now
+            retry = max(1, min(3600, math.ceil(oldest + self.ttl - now)))
+            raise CapacityExceeded(
+                f"model {model_key} is at its limit of {p.max_rows} sessions",
+                retry_after_s=retry,
+                model=model_key,
+                max_sessions=p.max_rows,
+            )
+        p.init_row(
+            row,
+            key,
+            self._owner(owner),
+            seq,
+            self.wall_offset + now,
+            now,
+            None if state is None else list(state),
+        )
+        self._index[key] = (part << _ROW_BITS) | row
+        self._update_gauges(p)
+        return self._record(part, row)
+
+    async def lookup(self, session_id: str, owner: str | None, *, touch: bool = True) -> SessionRecord:
+        now = self.clock()
+        part, row = self._locate(session_id, owner, now)
+        if touch:
+            self._parts[part].last_used[row] = now
+        return self._record(part, row)
+
+    async def delete(self, session_id: str, owner: str | None) -> SessionRecord:
+        now = self.clock()
+        part, row = self._locate(session_id, owner, now)
+        record = self._record(part, row)
+        self._end(part, np.array([row]), "deleted", now)
+        return record
+
+    def _current(self, record: SessionRecord) -> Partition:
+        p = self._parts[record.part]
+        if p.gen[record.row] != record.gen or p.owner[record.row] < 0:
+            tomb = self._gone.get(session_key(record.session_id))
+            reason = REASONS[tomb[0]] if tomb is not None else "deleted"
+            raise GONE_BY_REASON[reason](
+                f"session {record.session_id} was {reason}", session_id=record.session_id, reason=reason
+            )
+        return p
+
+    async def reset(self, record: SessionRecord) -> SessionRecord:
+        p = self._current(record)
+        row = record.row
+        for s in p.states:
+            s[:, row] = 0.0
+        p.seq[row], p.last_used[row], p.answer_seq[row] = 0, self.clock(), NO_ANSWER
+        p.answers.pop(row, None)
+        return self._record(record.part, row)
+
+    async def read_state(self, record: SessionRecord) -> tuple[int, list[np.ndarray]]:
+        p = self._current(record)
+        return int(p.seq[record.row]), [s[:, record.row].copy() for s in p.states]
+
+    async def write_state(
+        self, record: SessionRecord, state: Sequence[np.ndarray], seq: int
+    ) -> SessionRecord:
+        p = self._current(record)
+        current = int(p.seq[record.row])
+        if current != record.seq:
+            raise SequenceConflict(
+                f"session {record.session_id} moved on to seq {current}", expected_seq=current
+            )
+        for s, new in zip(p.states, state, strict=True):
+            s[:, record.row] = new
+        p.seq[record.row], p.last_used[record.row] = seq, self.clock()
+        p.answer_seq[record.row] = NO_ANSWER
+        return self._record(record.part, record.row)
+
+    async def last_answer(self, record: SessionRecord) -> StoredAnswer | None:
+        p = self._current(record)
+        return self._answer(p, record.row)
+
+    @staticmethod
+    def _answer(p: Partition, row: int) -> StoredAnswer | None:
+        seq = int(p.answer_seq[row])
+        response = p.answers.get(row)
+        if seq == NO_ANSWER or response is None:
+            return None
+        return StoredAnswer(seq=seq, fingerprint=int(p.answer_fp[row]), response=response)
+
+    # ---- the batcher's read and write --------------------------------------------------------------
+
+    def _check(
+        self, p: Partition, records: Sequence[SessionRecord]
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(rows, status per record, all ready): a record is READY while its row still holds the same
+        incarnation at the same seq."""
+        n = len(records)
+        if n == 1:  # a batch of one (low load): numpy scalars are cheaper than tiny vectors
+            r = records[0]
+            live = bool(p.gen[r.row] == r.gen and p.owner[r.row] >= 0)
+            code = _READY if live and p.seq[r.row] == r.seq else _CONFLICT if live else _GONE
+            return np.array([r.row], np.intp), np.array([code], np.int8), code == _READY
+        rows = np.fromiter((r.row for r in records), np.intp, n)
+        gens = np.fromiter((r.gen for r in records), np.uint32, n)
+        seqs = np.fromiter((r.seq for r in records), np.int64, n)
+        live = (p.gen[rows] == gens) & (p.owner[rows] >= 0)
+        same = live & (p.seq[rows] == seqs)
+        if same.all():
+            return rows, np.zeros(n, np.int8), True
+        status = np.where(live, np.int8(_CONFLICT), np.int8(_GONE)).astype(np.int8)
+        status[same] = _READY
+        return rows, status, False
+
+    def _seqs(self, p: Partition, rows: np.ndarray, status: np.ndarray, all_ready: bool) -> np.ndarray:
+        return p.seq[rows] if all_ready else np.where(status != _GONE, p.seq[rows], -1)
+
+    async def gather(self, part: int, records: Sequence[SessionRecord]) -> Gathered:
+        p = self._parts[part]
+        rows, status, all_ready = self._check(p, records)
+        return Gathered(p.gather(rows), status, self._seqs(p, rows, status, all_ready), all_ready)
+
+    async def commit(
+        self,
+        part: int,
+        records: Sequence[SessionRecord],
+        state: Sequence[np.ndarray],
+        events: int,
+        answers: Sequence[StoredAnswer | None],
+    ) -> Committed:
+        p = self._parts[part]
+        rows, status, all_ready = self._check(p, records)
+        row_list = rows.tolist()
+        if all_ready:
+            live, new_state = rows, list(state)
+            stored = [(row, a) for row, a in zip(row_list, answers, strict=True) if a is not None]
+        else:
+            ok = status == _READY
+            live, new_state = rows[ok], [s[:, ok] for s in state]
+            stored = [
+                (row, a)
+                for row, a, good in zip(row_list, answers, ok.tolist(), strict=True)
+                if a is not None and good
+            ]
+        p.scatter(live, new_state)
+        p.seq[live] += events
+        p.last_used[live] = self.clock()
+        p.answer_seq[live] = NO_ANSWER
+        if stored:
+            at = np.fromiter((row for row, _ in stored), np.intp, len(stored))
+            p.answer_seq[at] = np.fromiter((a.seq for _, a in stored), np.int64, len(stored))
+            p.answer_fp[at] = np.fromiter((a.fingerprint for _, a in stored), np.uint64, len(stored))
+            p.answers.update((row, a.response) for row, a in stored)
+        committed = Committed(status, self._seqs(p, rows, status, all_ready), all_ready)
+        if not all_ready:
+            for i in np.flatnonzero(status == _CONFLICT).tolist():
+                answer = self._answer(p, row_list[i])
+                if answer is not None:
+                    committed.answers[i] = answer
+        return committed
+
+    # ---- housekeeping ------------------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        now = self.clock()
+        expired = 0
+        for part, p in enumerate(self._parts):
+            rows = p.idle_rows(now - self.ttl)
+            self._end(part, rows, "expired", now)
+            expired += len(rows)
+        self._trim_tombstones(now)
+        return expired
+
+    def save(self, path: Path) -> int:
+        """Write every session to `path` atomically (see snapshot_file.py); returns the count."""
+        return save_sessions(self, path)
+
+    def load(self, path: Path, models: Sequence[LoadedModel]) -> int:
+        """Restore the sessions of a `save`d file, keeping their remaining TTL; returns the count."""
+        return load_sessions(self, path, models)

@@ -1,0 +1,468 @@
+"""The Redis session store (store=redis): every session lives in Redis, so any replica serves any session.
+
+Keys (prefix `rnnserve:`; scripts in redis_scripts.py):
+
+    s:<id>      hash, expires after session_ttl_s idle (PEXPIRE restarted on every use)
+                  m model "name/version"   o owner ("-": none)   i incarnation (random, per create)
+                  q seq   c created ms   u last used ms   x state: float32 [S, L, H] little-endian bytes
+                  a seq of the stored answer (-1: none)   f its payload fingerprint   r its response
+                  t token of the last applied write
+    g:<id>      tombstone "reason\\nowner": 410 with the reason for gone_retention_s. While a session
+                lives it holds "expired" with a TTL gone_retention_s longer than the session's, so a
+                session that Redis expires leaves its tombstone behind; delete and evict overwrite it.
+    z:<model>   sorted set of a model version's live ids by last use: capacity (ZCARD, after dropping
+                ids whose hash expired) and the LRU victim for capacity_policy=evict.
+
+Round trips: a batch of B sessions: read 1 (GATHER: B states and seqs, packed into three bulk
+strings, so that the client parses 3 values rather than 3B) and write 1 (COMMIT: the check-and-set of
+every session, its new state, seq and answer); the lookups of the requests that arrived together: 1
+(LOOKUP of many, one packed string back); create, delete, reset, export, a replay's answer: 1 each.
+Every write is idempotent when sent twice (a redis-py retry after a lost reply): create by its
+incarnation, a batch write by its token.
+
+Failures (redis_client.py): any connection error or timeout (Redis down, restarting, loading, out of
+memory) raises StoreUnavailable (503, Retry-After) for that request alone; the pool reconnects on the
+next call, and the scripts are loaded again if Redis lost them (EVALSHA, then SCRIPT LOAD on
+NOSCRIPT). Nothing is reset or retried behind the caller's back beyond one immediate reconnect. Redis
+persists by itself (RDB/AOF, its own configuration): the manager writes no snapshot file for this
+store and reads none. A Redis restarted without persistence has lost its sessions: their ids answer
+404, never a fresh state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from service.batcher import Coalescer
+from service.errors import (
+    GONE_BY_REASON,
+    BadRequest,
+    CapacityExceeded,
+    SequenceConflict,
+    SessionDeleted,
+    SessionGone,
+    SessionNotFound,
+    StoreUnavailable,
+)
+from service.metrics import Metrics
+from service.settings import Settings
+from service.store import redis_scripts
+from service.store.base import Committed, Gathered, SessionRecord, Status, StoredAnswer, check_session_id
+from service.store.redis_client import Availability, connect, where
+
+if TYPE_CHECKING:
+    from service.registry import LoadedModel
+
+log = logging.getLogger(__name__)
+
+PREFIX = "rnnserve:"
+_STATUS = np.zeros(256, np.int8)  # a script's status character -> Status
+_STATUS[ord("c")], _STATUS[ord("g")] = Status.CONFLICT, Status.GONE
+
+
+def _owner_code(owner: str | None) -> str:
+    return "-" if owner is None else "=" + owner
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    key: str
+    name: str
+    version: str
+    state_count: int
+    layers: int
+    hidden: int
+    zkey: str
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * self.state_count * self.layers * self.hidden
+
+
+class RedisStore:
+    persistent = True  # Redis keeps the sessions: no snapshot file at stop, none read at start
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        *,
+        client: aioredis.Redis | None = None,
+        prefix: str = PREFIX,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.ttl_ms = max(1, math.ceil(settings.session_ttl_s * 1000))
+        self.gone_ms = math.ceil(settings.gone_retention_s * 1000)
+        self.prefix = prefix
+        self.client = client if client is not None else connect(settings.redis_url)
+        self.availability = Availability(where(self.client))
+        register = self.client.register_script
+        self._lookup = register(redis_scripts.LOOKUP)
+        self._create = register(redis_scripts.CREATE)
+        self._delete = register(redis_scripts.DELETE)
+        self._write = register(redis_scripts.WRITE)
+        self._gather = register(redis_scripts.GATHER)
+        self._commit = register(redis_scripts.COMMIT)
+        self._sweep = register(redis_scripts.SWEEP)
+        self._lookups: Coalescer[tuple[str, str | None, bool], SessionRecord] = Coalescer(self._lookup_many)
+        self._parts: list[_Part] = []
+        self._part_by_key: dict[str, int] = {}
+
+    # ---- keys, errors --------------------------------------------------------------------------------
+
+    def _s(self, session_id: str) -> str:
+        return f"{self.prefix}s:{session_id}"
+
+    def _g(self, session_id: str) -> str:
+        return f"{self.prefix}g:{session_id}"
+
+    def _guard(self) -> contextlib.AbstractContextManager[None]:
+        return self.availability.guard()
+
+    @property
+    def available(self) -> bool:
+        """False from a failed call until the next call that succeeds."""
+        return self.availability.up
+
+    async def ping(self) -> None:
+        """StoreUnavailable unless Redis answers."""
+        with self._guard():
+            await self.client.ping()
+
+    # ---- lifecycle -----------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Check Redis (7.0 or later: the scripts declare their flags); one that is down at start is
+        logged, and requests answer 503 until it is up."""
+        try:
+            with self._guard():
+                info = await self.client.info("server")
+        except StoreUnavailable:
+            log.error("session store: Redis at %s is down at start; requests answer 503 until it is up",
+                      self.availability.where)
+            return
+        version = str(info.get("redis_version", "0"))
+        if int(version.split(".")[0]) < 7:
+            where = self.availability.where
+            raise RuntimeError(f"store=redis needs Redis 7.0 or later; the one at {where} is {version}")
+
+    async def close(self) -> None:
+        """Close the client and its connections (a client given to the constructor too)."""
+        await self.client.aclose(close_connection_pool=True)
+
+    def attach(self, model: LoadedModel) -> int:
+        layers, hidden = model.manifest.state_shape
+        return self.attach_spec(model.key, model.state_count, layers, hidden)
+
+    def attach_spec(self, key: str, state_count: int, layers: int, hidden: int) -> int:
+        existing = self._part_by_key.get(key)
+        if existing is not None:
+            return existing
+        name, _, version = key.partition("/")
+        self._parts.append(_Part(key, name, version, state_count, layers, hidden, f"{self.prefix}z:{key}"))
+        self._part_by_key[key] = len(self._parts) - 1
+        return len(self._parts) - 1
+
+    def partition_of(self, model_key: str) -> int | None:
+        return self._part_by_key.get(model_key)
+
+    # ---- records -------------------------------------------------------------------------------------
+
+    def _record(self, session_id: str, fields: Sequence[Any]) -> SessionRecord:
+        """From a script's {m, i, q, c, u}."""
+        model_key = _text(fields[0])
+        last_used_ms = int(fields[4])
+        return SessionRecord(
+            session_id=session_id,
+            model_key=model_key,
+            part=self._part_by_key.get(model_key, -1),
+            row=-1,
+            gen=int(fields[1]),
+            seq=int(fields[2]),
+            created_at=int(fields[3]) / 1000,
+            last_used_at=last_used_ms / 1000,
+            expires_at=(last_used_ms + self.ttl_ms) / 1000,
+        )
+
+    @staticmethod
+    def _refusal(session_id: str, reply: Sequence[Any]) -> SessionNotFound | SessionGone:
+        """What a script's {'gone', reason} / {'none'} means."""
+        if _text(reply[0]) == "gone":
+            reason = _text(reply[1])
+            return GONE_BY_REASON[reason](f"session {session_id} was {reason}", session_id=session_id,
+                                          reason=reason)
+        return SessionNotFound(f"no session {session_id}", session_id=session_id)
+
+    async def _ended(self, record: SessionRecord) -> NoReturn:
+        """The incarnation of `record` is gone (its owner was checked when it was looked up): raise why."""
+        with self._guard():
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hget(self._s(record.session_id), "i")
+                pipe.get(self._g(record.session_id))
+                gen, tomb = await pipe.execute()
+        sid = record.session_id
+        if gen is not None:  # ended, and the id reused since (a client-chosen id)
+            raise SessionDeleted(f"session {sid} ended and its id was reused", session_id=sid)
+        if tomb is None:
+            raise SessionGone(f"session {sid} has ended", session_id=sid)
+        reason = _text(tomb).partition("\n")[0]
+        raise GONE_BY_REASON[reason](f"session {sid} was {reason}", session_id=sid, reason=reason)
+
+    def _ended_count(self, part: _Part | None, reason: str, count: int) -> None:
+        if self.metrics is not None and part is not None and count:
+            self.metrics.sessions_ended.labels(part.name, reason).inc(count)
+
+    def _gauges(self, part: _Part | None, live: int) -> None:
+        if self.metrics is not None and part is not None:
+            self.metrics.active_sessions.labels(part.name, part.version).set(live)
+            self.metrics.state_bytes.labels(part.name, part.version).set(live * part.nbytes)
+
+    def _state_bytes(self, part: _Part, state: Sequence[np.ndarray] | None) -> bytes:
+        if state is None:
+            return bytes(part.nbytes)
+        blob = np.ascontiguousarray(np.stack(list(state)), dtype="<f4").tobytes()  # [S, L, H]
+        if len(blob) != part.nbytes:
+            raise ValueError(f"state of {len(blob)} bytes for {part.key}, which needs {part.nbytes}")
+        return blob
+
+    def _state_tensors(self, part: _Part, blob: bytes) -> list[np.ndarray]:
+        flat = np.frombuffer(blob, "<f4").reshape(part.state_count, part.layers, part.hidden)
+        return [np.array(s, np.float32) for s in flat]
+
+    # ---- lifecycle of sessions -----------------------------------------------------------------------
+
+    async def create(
+        self,
+        model_key: str,
+        owner: str | None,
+        *,
+        session_id: str | None = None,
+        seq: int = 0,
+        state: Sequence[np.ndarray] | None = None,
+    ) -> SessionRecord:
+        part = self._parts[self._part_by_key[model_key]]
+        chosen = session_id is not None
+        if session_id is not None:
+            check_session_id(session_id)
+        blob = self._state_bytes(part, state)
+        s = self.settings
+        for _ in range(3):  # a server-chosen 128-bit id is in use: practically never
+            sid = session_id if session_id is not None else secrets.token_hex(16)
+            gen = secrets.randbits(62) | 1
+            with self._guard():
+                reply = await self._create(
+                    keys=[self._s(sid), self._g(sid), part.zkey],
+                    args=[model_key, _owner_code(owner), gen, seq, blob, self.ttl_ms, self.gone_ms,
+                          s.max_sessions, s.capacity_policy, f"{self.prefix}s:", f"{self.prefix}g:", sid],
+                )
+            kind = _text(reply[0])
+            if kind == "ok":
+                self._ended_count(part, "expired", int(reply[3]))
+                self._ended_count(part, "evicted", int(reply[4]))
+                self._gauges(part, int(reply[5]))
+                return self._record(sid, [model_key, gen, seq, reply[1], reply[2]])
+            if kind == "full":
+                self._ended_count(part, "expired", int(reply[3]))
+                oldest, now = int(reply[1]), int(reply[2])
+                retry = max(1, min(3600, math.ceil((oldest + self.ttl_ms - now) / 1000)))
+                raise CapacityExceeded(
+                    f"model {model_key} is at its limit of {s.max_sessions} sessions",
+                    retry_after_s=retry,
+                    model=model_key,
+                    max_sessions=s.max_sessions,
+                )
+            if chosen:
+                raise BadRequest(f"session id {sid} is in use", session_id=sid)
+        raise BadRequest("could not pick a free session id")
+
+    async def lookup(self, session_id: str, owner: str | None, *, touch: bool = True) -> SessionRecord:
+        """Lookups made together (many requests at once) share one round trip (`Coalescer`)."""
+        return await self._lookups((session_id, owner, touch))
+
+    async def _lookup_many(
+        self, lookups: list[tuple[str, str | None, bool]]
+    ) -> list[SessionRecord | Exception]:
+        keys: list[str] = []
+        args: list[Any] = [self.ttl_ms, self.gone_ms, f"{self.prefix}z:"]
+        for session_id, owner, touch in lookups:
+            keys += [self._s(session_id), self._g(session_id)]
+            args += [_owner_code(owner), 1 if touch else 0, session_id]
+        with self._guard():
+            reply = await self._lookup(keys=keys, args=args)
+        answers = _text(reply).split("\x1e")
+        if len(answers) != len(lookups):
+            raise AssertionError(f"{len(answers)} answers to {len(lookups)} lookups")
+        results: list[SessionRecord | Exception] = []
+        for (session_id, _, _), answer in zip(lookups, answers, strict=True):
+            fields = answer.split("\x1f")
+            if fields[0] == "ok":
+                results.append(self._record(session_id, fields[1:]))
+            else:
+                results.append(self._refusal(session_id, fields))
+        return results
+
+    async def delete(self, session_id: str, owner: str | None) -> SessionRecord:
+        with self._guard():
+            reply = await self._delete(
+                keys=[self._s(session_id), self._g(session_id)],
+                args=[_owner_code(owner), self.gone_ms, f"{self.prefix}z:", session_id],
+            )
+        if _text(reply[0]) != "ok":
+            raise self._refusal(session_id, reply)
+        record = self._record(session_id, reply[1:])
+        part = self._parts[record.part] if record.part >= 0 else None
+        self._ended_count(part, "deleted", 1)
+        return record
+
+    async def _write_one(
+        self, record: SessionRecord, expect: int | None, seq: int, blob: bytes
+    ) -> SessionRecord:
+        with self._guard():
+            reply = await self._write(
+                keys=[self._s(record.session_id), self._g(record.session_id)],
+                args=[record.gen, "" if expect is None else expect, seq, blob, self.ttl_ms, self.gone_ms,
+                      f"{self.prefix}z:", record.session_id],
+            )
+        kind = _text(reply[0])
+        if kind == "gone":
+            await self._ended(record)
+        if kind == "conflict":
+            current = int(reply[1])
+            raise SequenceConflict(
+                f"session {record.session_id} moved on to seq {current}", expected_seq=current
+            )
+        return self._record(record.session_id, reply[1:])
+
+    async def reset(self, record: SessionRecord) -> SessionRecord:
+        return await self._write_one(record, None, 0, bytes(self._part_of(record).nbytes))
+
+    async def write_state(
+        self, record: SessionRecord, state: Sequence[np.ndarray], seq: int
+    ) -> SessionRecord:
+        return await self._write_one(record, record.seq, seq, self._state_bytes(self._part_of(record), state))
+
+    def _part_of(self, record: SessionRecord) -> _Part:
+        return self._parts[self._part_by_key[record.model_key]]
+
+    async def read_state(self, record: SessionRecord) -> tuple[int, list[np.ndarray]]:
+        with self._guard():
+            fields: list[Any] = await self.client.hmget(self._s(record.session_id), ["i", "q", "x"])
+        gen, seq, blob = fields
+        if gen is None or int(gen) != record.gen:
+            await self._ended(record)
+        return int(seq), self._state_tensors(self._part_of(record), bytes(blob))
+
+    async def last_answer(self, record: SessionRecord) -> StoredAnswer | None:
+        with self._guard():
+            fields: list[Any] = await self.client.hmget(self._s(record.session_id), ["i", "a", "f", "r"])
+        gen, seq, fp, response = fields
+        if gen is None or int(gen) != record.gen:
+            await self._ended(record)
+        if seq is None or int(seq) < 0 or response is None:
+            return None
+        return StoredAnswer(int(seq), int(fp), bytes(response))
+
+    # ---- the batcher's read and write ----------------------------------------------------------------
+
+    async def gather(self, part: int, records: Sequence[SessionRecord]) -> Gathered:
+        p = self._parts[part]
+        n = len(records)
+        with self._guard():
+            status, seqs, blob = await self._gather(
+                keys=[self._s(r.session_id) for r in records],
+                args=[p.nbytes, " ".join(f"{r.gen} {r.seq}" for r in records)],
+            )
+        if len(status) != n or len(blob) != n * p.nbytes:
+            raise AssertionError(f"the batch read returned {len(blob)} state bytes for {n} session(s)")
+        flat = np.frombuffer(blob, "<f4").reshape(n, p.state_count, p.layers, p.hidden)
+        # [B, S, L, H] -> per tensor [L, B, H], C-contiguous
+        tensors = range(p.state_count)
+        state = [np.ascontiguousarray(flat[:, k].transpose(1, 0, 2), np.float32) for k in tensors]
+        all_ready = status.count(b".") == n
+        return Gathered(
+            state, _STATUS[np.frombuffer(status, np.uint8)], np.array(seqs.split(), np.int64), all_ready
+        )
+
+    async def commit(
+        self,
+        part: int,
+        records: Sequence[SessionRecord],
+        state: Sequence[np.ndarray],
+        events: int,
+        answers: Sequence[StoredAnswer | None],
+    ) -> Committed:
+        p = self._parts[part]
+        n = len(records)
+        # [L, B, H] per tensor -> [B, S, L, H]: each session's bytes in a row
+        blob = np.ascontiguousarray(np.stack(list(state)).transpose(2, 0, 1, 3), "<f4").tobytes()
+        token = secrets.token_hex(8)
+        meta = " ".join(
+            f"{r.gen} {r.seq} {r.seq + events} {token} -1 0 0"
+            if a is None
+            else f"{r.gen} {r.seq} {r.seq + events} {token} {a.seq} {a.fingerprint} {len(a.response)}"
+            for r, a in zip(records, answers, strict=True)
+        )
+        responses = b"".join(a.response for a in answers if a is not None)
+        ids = [r.session_id for r in records]
+        with self._guard():
+            reply = await self._commit(
+                keys=[*(self._s(i) for i in ids), *(self._g(i) for i in ids), p.zkey],
+                args=[self.ttl_ms, self.gone_ms, p.nbytes, len(f"{self.prefix}s:"), meta, blob, responses],
+            )
+        status = _STATUS[np.frombuffer(reply[0], np.uint8)]
+        if len(status) != n:
+            raise AssertionError(f"the batch write answered for {len(status)} of {n} session(s)")
+        committed = Committed(status, np.array(reply[1].split(), np.int64), reply[0].count(b".") == n)
+        for k in range(2, len(reply), 4):
+            index, seq, fp, response = reply[k : k + 4]
+            if int(seq) >= 0 and response:
+                committed.answers[int(index) - 1] = StoredAnswer(int(seq), int(fp), bytes(response))
+        return committed
+
+    # ---- housekeeping --------------------------------------------------------------------------------
+
+    async def _prune(self, parts: Sequence[_Part]) -> list[tuple[int, int]]:
+        """(expired, live) per partition, after forgetting the ids whose hash Redis expired."""
+        if not parts:
+            return []
+        with self._guard():
+            reply = await self._sweep(keys=[p.zkey for p in parts], args=[self.ttl_ms])
+        counts = [(int(reply[2 * i]), int(reply[2 * i + 1])) for i in range(len(parts))]
+        for p, (expired, live) in zip(parts, counts, strict=True):
+            self._ended_count(p, "expired", expired)
+            self._gauges(p, live)
+        return counts
+
+    async def sweep(self) -> int:
+        """Redis expires idle sessions by itself; this forgets their ids in the capacity sets, counts
+        them and refreshes the gauges. Returns how many this call found expired."""
+        return sum(expired for expired, _ in await self._prune(self._parts))
+
+    async def live_sessions(self, model_key: str) -> int:
+        index = self._part_by_key.get(model_key)
+        if index is None:
+            return 0
+        return (await self._prune([self._parts[index]]))[0][1]
+
+    def save(self, path: Path) -> int:
+        """Nothing to write: Redis persists the sessions by itself (its RDB/AOF configuration)."""
+        return 0
+
+    def load(self, path: Path, models: Sequence[LoadedModel]) -> int:
+        """Nothing to read: the sessions are in Redis."""
+        return 0

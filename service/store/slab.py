@@ -1,0 +1,177 @@
+"""One model version's sessions in preallocated arrays: the state slab and per-row metadata.
+
+    states[k]   float32 [L, N, H]   state tensor k (h, then c for LSTM) of every row
+    seq         int64   [N]         events consumed
+    created     float64 [N]         wall clock
+    last_used   float64 [N]         monotonic clock
+    owner       int32   [N]         index into the store's owner table; -1 marks a free row
+    gen         uint32  [N]         bumped when a row is freed: a late write to a reused row is dropped
+    answer_seq  int64   [N]         seq of the stored last answer, -1 for none
+    answer_fp   uint64  [N]         fingerprint of that request
+    ids         list    [N]         the row's session key (shared with the store's id -> row dict)
+
+A batch gathers rows with `np.take` (one C-contiguous copy [L, B, H] per state tensor, what ONNX Runtime
+takes as it is) and scatters the new state back with one fancy-index assignment per state tensor.
+
+Growth: the arrays start small and double, capped at max_sessions, rather than being allocated at
+max_sessions up front: at the default 100k sessions a 2-layer LSTM with H = 256 would pin 400 MB per
+loaded version whether or not anyone uses it. Doubling costs an amortized O(1) copy per session, and it
+happens on the event loop between batches, where nothing holds a view of the old arrays (gathers copy).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NO_ANSWER = -1
+
+
+class Partition:
+    def __init__(
+        self,
+        key: str,
+        state_count: int,
+        layers: int,
+        hidden: int,
+        max_rows: int,
+        sha256: str = "",
+        initial_rows: int = 1024,
+    ) -> None:
+        self.key = key
+        self.name = key.partition("/")[0]
+        self.sha256 = sha256
+        self.state_count, self.layers, self.hidden = state_count, layers, hidden
+        self.max_rows = max_rows
+        self.capacity = 0
+        self.live = 0
+        self.states: list[np.ndarray] = [
+            np.zeros((layers, 0, hidden), np.float32) for _ in range(state_count)
+        ]
+        self.seq = np.zeros(0, np.int64)
+        self.created = np.zeros(0, np.float64)
+        self.last_used = np.zeros(0, np.float64)
+        self.owner = np.zeros(0, np.int32)
+        self.gen = np.zeros(0, np.uint32)
+        self.answer_seq = np.zeros(0, np.int64)
+        self.answer_fp = np.zeros(0, np.uint64)
+        self.ids: list[bytes | str | None] = []
+        self.answers: dict[int, bytes] = {}
+        self._free = np.zeros(0, np.int32)  # stack of free rows, top at _n_free - 1
+        self._n_free = 0
+        self._grow(min(initial_rows, max_rows))
+
+    @property
+    def state_floats(self) -> int:
+        return self.state_count * self.layers * self.hidden
+
+    @property
+    def state_nbytes(self) -> int:
+        return sum(s.nbytes for s in self.states)
+
+    def meta_nbytes(self) -> int:
+        arrays = (
+            self.seq,
+            self.created,
+            self.last_used,
+            self.owner,
+            self.gen,
+            self.answer_seq,
+            self.answer_fp,
+            self._free,
+        )
+        return (
+            sum(a.nbytes for a in arrays)
+            + 8 * len(self.ids)
+            + sum(len(b) + 33 for b in self.answers.values())
+        )
+
+    def _grow(self, rows: int) -> None:
+        old = self.capacity
+        if rows <= old:
+            return
+
+        def extend(a: np.ndarray, fill: float | int = 0) -> np.ndarray:
+            out = np.full(rows, fill, a.dtype)
+            out[:old] = a
+            return out
+
+        states = []
+        for s in self.states:
+            grown = np.zeros((self.layers, rows, self.hidden), np.float32)
+            grown[:, :old] = s
+            states.append(grown)
+        self.states = states
+        self.seq, self.created, self.last_used = (
+            extend(self.seq),
+            extend(self.created),
+            extend(self.last_used),
+        )
+        self.owner, self.gen = extend(self.owner, -1), extend(self.gen)
+        self.answer_seq, self.answer_fp = extend(self.answer_seq, NO_ANSWER), extend(self.answer_fp)
+        self.ids.extend([None] * (rows - old))
+        free = np.zeros(rows, np.int32)
+        free[: self._n_free] = self._free[: self._n_free]
+        # new rows go on the stack so that the lowest row is handed out first
+        free[self._n_free : self._n_free + rows - old] = np.arange(rows - 1, old - 1, -1, dtype=np.int32)
+        self._free, self._n_free = free, self._n_free + rows - old
+        self.capacity = rows
+
+    def allocate(self) -> int | None:
+        """A free row (growing the arrays if needed), or None at max_rows."""
+        if self._n_free == 0:
+            if self.capacity >= self.max_rows:
+                return None
+            self._grow(min(max(2 * self.capacity, 1), self.max_rows))
+        self._n_free -= 1
+        self.live += 1
+        return int(self._free[self._n_free])
+
+    def init_row(
+        self,
+        row: int,
+        key: bytes | str,
+        owner: int,
+        seq: int,
+        created: float,
+        now: float,
+        state: list[np.ndarray] | None,
+    ) -> None:
+        for k, s in enumerate(self.states):
+            s[:, row] = 0.0 if state is None else state[k]
+        self.ids[row] = key
+        self.owner[row], self.seq[row], self.created[row], self.last_used[row] = owner, seq, created, now
+        self.answer_seq[row] = NO_ANSWER
+
+    def release(self, rows: np.ndarray) -> None:
+        """Free rows (vectorized): owner -1, generation bumped, back on the free stack."""
+        if len(rows) == 0:
+            return
+        self.owner[rows] = -1
+        self.gen[rows] += np.uint32(1)
+        self.answer_seq[rows] = NO_ANSWER
+        for row in rows.tolist():
+            self.ids[row] = None
+            self.answers.pop(row, None)
+        self._free[self._n_free : self._n_free + len(rows)] = rows
+        self._n_free += len(rows)
+        self.live -= len(rows)
+
+    def live_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.owner >= 0)
+
+    def idle_rows(self, cutoff: float) -> np.ndarray:
+        """Live rows last used at or before `cutoff` (monotonic)."""
+        return np.flatnonzero((self.owner >= 0) & (self.last_used <= cutoff))
+
+    def lru_row(self) -> int | None:
+        if self.live == 0:
+            return None
+        last_used = np.where(self.owner >= 0, self.last_used, np.inf)
+        return int(np.argmin(last_used))
+
+    def gather(self, rows: np.ndarray) -> list[np.ndarray]:
+        return [np.take(s, rows, axis=1) for s in self.states]  # [L, B, H] each
+
+    def scatter(self, rows: np.ndarray, state: list[np.ndarray]) -> None:
+        for s, new in zip(self.states, state, strict=True):
+            s[:, rows] = new

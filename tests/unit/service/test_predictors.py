@@ -1,0 +1,150 @@
+"""Predictors: request decoding and output encoding for lm and sensor, and sampling."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.errors import InvalidInput
+from service.predictors import LmPredictor, SensorPredictor, make_predictor
+from service.predictors.lm import sample
+from service.registry import LoadedModel, Registry
+from service.runner import StepResult
+from service.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def registry(tiny_models_dir: Path) -> Registry:
+    registry = Registry(Settings(models_dir=tiny_models_dir, snapshot_path=None))
+    registry.load_all()
+    return registry
+
+
+def lm(registry: Registry, **limits: int) -> tuple[LmPredictor, LoadedModel]:
+    model = registry.get("lm-gru")
+    predictor = make_predictor(model, Settings(snapshot_path=None, **limits))
+    assert isinstance(predictor, LmPredictor)
+    return predictor, model
+
+
+def sensor(registry: Registry) -> SensorPredictor:
+    predictor = make_predictor(registry.get("sensor-rnn"), Settings(snapshot_path=None))
+    assert isinstance(predictor, SensorPredictor)
+    return predictor
+
+
+def one_job(
+    predictor: LmPredictor | SensorPredictor, outputs: list[np.ndarray], x: np.ndarray, param: int = 0
+) -> StepResult:
+    """Postprocess one job's graph outputs as a batch of one, and take its row, as the runner does."""
+    derived = predictor.postprocess([a[None] for a in outputs], x[None], np.array([param]))
+    return StepResult(outputs=[a[0] for a in derived], seq=len(x), state=None)
+
+
+def test_lm_decodes_tokens_and_text_with_unknown_words(registry: Registry) -> None:
+    predictor, _ = lm(registry)
+    decoded = predictor.decode({"text": " w3 w10\tnope  <eos>", "seq": 4})
+    assert decoded.x.dtype == np.int64 and decoded.x.tolist() == [5, 12, 0, 1]
+    assert decoded.context.unknown.tolist() == [False, False, True, False]
+    assert decoded.seq == 4 and decoded.events == 4
+    same = predictor.decode({"tokens": ["w3", "w10", "nope", "<eos>"], "seq": 9})
+    assert same.fingerprint == decoded.fingerprint  # the payload, not its seq
+    assert (
+        predictor.decode({"tokens": ["w3", "w10", "nope", "<eos>"], "top_k": 2}).fingerprint
+        != decoded.fingerprint
+    )
+
+
+def test_lm_caps_top_k_and_refuses_too_many_events(registry: Registry) -> None:
+    predictor, _ = lm(registry, max_top_k=4, max_events_per_request=3)
+    assert predictor.decode({"tokens": ["w1"], "top_k": 99}).context.top_k == 4
+    with pytest.raises(InvalidInput, match="limit is 3"):
+        predictor.decode({"tokens": ["w1"] * 4})
+
+
+def test_lm_encode_logprob_of_the_word_that_came_and_top_k(registry: Registry) -> None:
+    predictor, _ = lm(registry)
+    vocab = 40
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((3, vocab))
+    log_probs = (logits - np.log(np.exp(logits).sum(1, keepdims=True))).astype(np.float32)  # [T, V]
+    prior = log_probs[0][::-1].copy()  # [V]
+    decoded = predictor.decode({"tokens": ["w1", "w2", "w3"], "top_k": 3})
+    assert decoded.param == 3
+    result = one_job(predictor, [log_probs, prior], decoded.x, param=5)  # the batch asked up to 5
+    fresh = predictor.encode(decoded, result, seq_before=0)
+    assert fresh[0]["logprob"] is None
+    assert fresh[1]["logprob"] == pytest.approx(float(log_probs[0, 4]))  # w2 is id 4, judged by event 0
+    later = predictor.encode(decoded, result, seq_before=5)
+    assert later[0]["logprob"] == pytest.approx(float(prior[3]))  # w1 is id 3, judged by the prior
+    assert [o["token"] for o in later] == ["w1", "w2", "w3"] and later[2]["token_id"] == 5
+    probs = [n["prob"] for n in later[2]["next"]]
+    assert probs == sorted(probs, reverse=True) and len(probs) == 3
+    assert probs[0] == pytest.approx(math.exp(float(log_probs[2].max())), rel=1e-6)
+    assert later[2]["next"][0]["token"] == predictor.vocab[int(np.argmax(log_probs[2]))]
+    single = predictor.decode({"tokens": ["w1"], "top_k": 0})
+    assert predictor.encode(single, one_job(predictor, [log_probs[:1], prior], single.x), 1)[0]["next"] == []
+
+
+def test_sampling_greedy_top_k_and_seeded() -> None:
+    log_probs = np.log(np.array([0.1, 0.5, 0.3, 0.1], np.float32))
+    assert sample(log_probs, 0.0, 0, np.random.default_rng()) == 1
+    draws = {sample(log_probs, 1.0, 2, np.random.default_rng(s)) for s in range(200)}
+    assert draws == {1, 2}  # top-2 only
+    a = [sample(log_probs, 0.8, 0, np.random.default_rng(7)) for _ in range(5)]
+    assert a == [sample(log_probs, 0.8, 0, np.random.default_rng(7)) for _ in range(5)]
+
+
+def test_sensor_decodes_normalized_readings_and_refuses_bad_values(registry: Registry) -> None:
+    predictor = sensor(registry)
+    decoded = predictor.decode({"readings": [[25.0, 990.0, 0.6], [20, 1000, 0.5]], "timestamps": [1.5, "t"]})
+    assert decoded.x.dtype == np.float32 and decoded.x.shape == (2, 3)
+    np.testing.assert_allclose(decoded.x[0], [1.0, -1.0, 1.0], rtol=1e-6)
+    assert predictor.decode({"readings": [[1e31, 0.0, 0.0]]}).x[0, 0] == pytest.approx(2e30)  # large, fine
+    for readings, words in (
+        ([[1.0, 2.0]], "has 2 values"),
+        ([[1.0, math.nan, 0.0]], "pressure"),
+        ([[1.0, 1.0, -math.inf]], "vibration"),
+        ([[1e40, 1.0, 1.0]], "temperature"),
+    ):
+        with pytest.raises(InvalidInput, match=words):
+            predictor.decode({"readings": readings})
+
+
+def test_sensor_scores_against_the_prediction_one_step_before(registry: Registry) -> None:
+    predictor = sensor(registry)
+    decoded = predictor.decode({"readings": [[20, 1000, 0.5], [25, 1010, 0.4]]})
+    mean = np.array([[0.5, -0.5, 0.0], [0.1, 0.2, 0.3]], np.float32)  # [T, F]
+    log_var = np.array([[0.0, 0.2, -0.2], [0.0, 0.0, 0.0]], np.float32)
+    prior_mean, prior_lv = np.zeros(3, np.float32), np.zeros(3, np.float32)
+    result = one_job(predictor, [mean, log_var, prior_mean, prior_lv], decoded.x)
+    out = predictor.encode(decoded, result, seq_before=0)
+    assert out[0]["score"] is None and out[0]["probability"] is None and out[0]["is_anomaly"] is None
+    x1 = np.array([1.0, 1.0, -1.0])
+    want = 0.5 * sum(
+        math.log(2 * math.pi) + lv + (x - m) ** 2 / math.exp(lv)
+        for x, m, lv in zip(x1, mean[0].tolist(), log_var[0].tolist(), strict=True)
+    )
+    assert out[1]["score"] == pytest.approx(want, rel=1e-6)
+    assert out[1]["probability"] == pytest.approx(predictor.calibration.probability(want), rel=1e-12)
+    assert out[1]["is_anomaly"] == (want >= predictor.calibration.center)
+    assert out[0]["predicted_mean"] == pytest.approx([22.5, 995.0, 0.5])
+    assert out[0]["predicted_std"] == pytest.approx([5.0, 10 * math.exp(0.1), 0.1 * math.exp(-0.1)], rel=1e-6)
+    first = predictor.encode(decoded, result, seq_before=3)[0]
+    assert first["score"] == pytest.approx(0.5 * 3 * math.log(2 * math.pi), rel=1e-6)  # x0 = 0 vs N(0, 1)
+
+
+def test_sensor_probability_matches_the_calibration_far_out(registry: Registry) -> None:
+    predictor = sensor(registry)
+    x = np.array([[0.0, 0.0, 0.0]], np.float32)
+    for shift in (0.0, 3.0, 40.0, 1e4):  # scores from moderate to enormous
+        mean = np.full((1, 3), shift, np.float32)
+        zeros = np.zeros((1, 3), np.float32)
+        result = one_job(predictor, [zeros, zeros, mean[0], zeros[0]], x[0])
+        score, probability = float(result.outputs[2][0]), float(result.outputs[3][0])
+        assert probability == pytest.approx(predictor.calibration.probability(score), rel=1e-12, abs=1e-300)
