@@ -1,0 +1,98 @@
+"""The application factory: `create_app(settings)` wires settings, auth, metrics, routes and errors.
+
+Nothing loads at import or in the factory. The lifespan creates the session manager and loads the
+models in the background, so `/healthz` answers at once and `/readyz` (and every route that needs a
+model) answers 503 `not_ready` until loading is done; a load that fails keeps the server unready with
+the reason in `/readyz`, and `app.state.loading` tells the command line to exit non-zero. On shutdown
+(uvicorn has already stopped taking connections and finished the in-flight requests) the manager
+stops: it refuses new work, drains in-flight batches and writes the session snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import metadata
+
+from fastapi import FastAPI
+
+from service.auth import Authenticator
+from service.error_handlers import install_error_handlers
+from service.metrics import Metrics
+from service.middleware import RequestMiddleware
+from service.routes import health, kserve, models, sessions, stream
+from service.sessions import SessionManager
+from service.settings import Settings, get_settings
+
+log = logging.getLogger("rnnserve")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("rnnserve")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+async def _start(app: FastAPI, manager: SessionManager) -> bool:
+    """Load models and restore sessions; True once ready. A failure is logged and kept for /readyz."""
+    try:
+        await manager.start()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        app.state.startup_error = f"{type(exc).__name__}: {exc}"
+        log.critical("the service could not start: %s", app.state.startup_error, exc_info=True)
+        return False
+    log.info("ready: %d model version(s) loaded from %s", len(manager.models().models),
+             app.state.settings.models_dir)
+    return True
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    if not app.state.auth.enabled:
+        log.warning("AUTH IS OFF: no API keys configured (RNNSERVE_API_KEYS, RNNSERVE_API_KEYS_FILE); "
+                    "anyone who can reach this port can use every session")
+    manager = SessionManager(settings, app.state.metrics)
+    app.state.manager = manager
+    app.state.shutting_down = False
+    app.state.startup_error = None
+    loading = asyncio.create_task(_start(app, manager), name="rnnserve-start")
+    app.state.loading = loading
+    try:
+        yield
+    finally:
+        app.state.shutting_down = True
+        if not loading.done():
+            loading.cancel()
+        # a manager that never started holds nothing to drain or snapshot
+        if (await asyncio.gather(loading, return_exceptions=True))[0] is True:
+            log.info("shutting down: draining in-flight batches, writing the session snapshot")
+            await manager.stop()
+        log.info("stopped")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings if settings is not None else get_settings()
+    app = FastAPI(
+        title="rnnserve",
+        version=_version(),
+        summary="Stateful streaming inference for recurrent networks (Elman RNN, GRU, LSTM)",
+        description="Sessions keep their hidden state on the server; stream events one at a time over "
+        "REST (`/v1`), a WebSocket per session, or the KServe V2 protocol with Triton's sequence "
+        "extension (`/v2`). Errors: `{\"error\": {\"code\", \"message\", \"details\"}}`.",
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.auth = Authenticator(settings.all_api_keys())
+    for module in (models, sessions, stream, kserve, health):
+        app.include_router(module.router)
+    install_error_handlers(app)
+    app.add_middleware(RequestMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_body_bytes,
+                       routes=app.router.routes)
+    return app

@@ -1,0 +1,104 @@
+"""`WS /v1/sessions/{session_id}/stream`: one session's events over one WebSocket.
+
+Each message the client sends is an `events` body (`{"seq"?, "tokens" | "text" | "readings", ...}`,
+JSON text or UTF-8 bytes); each reply is, in the same order, the `events` answer or the error shape
+`{"error": {"code", "message", "details"}}`. A bad message is answered and the stream stays open.
+
+Auth (when keys are configured), checked once at connect:
+- `Authorization: Bearer <key>` on the upgrade request (servers, CLI clients), or
+- `?token=<key>` in the URL, for browsers, which cannot set headers on a WebSocket (the access log
+  never records query strings; prefer the header where the client allows it).
+
+A connection that cannot start (no or bad key, unknown or ended session, server not ready) is
+accepted, sent the error shape, and closed with code 4000 + the HTTP status (4401, 4404, 4410, 4503)
+so that browsers, which never see a refused upgrade's status, can read why. When the server shuts
+down mid-stream, uvicorn closes the stream with 1012 (service restart): reconnect and resume from
+`seq` (a step that was answered is not applied twice). A message larger than RNNSERVE_MAX_BODY_BYTES
+closes the stream with 1009 (message too big), as the server's `ws_max_size`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from service.deps import authenticator_of, manager_of
+from service.error_handlers import error_json, internal_error, json_object
+from service.errors import ServiceError, ShuttingDown
+from service.metrics import Metrics
+from service.sessions import SessionManager
+
+router = APIRouter(tags=["sessions"])
+ROUTE = "/v1/sessions/{session_id}/stream"
+CLOSE_SERVICE_RESTART = 1012
+CLOSE_INTERNAL_ERROR = 1011
+
+log = logging.getLogger("rnnserve.errors")
+
+
+def _parse(message: Mapping[str, Any]) -> dict[str, Any]:
+    text = message.get("text")
+    raw = text if text is not None else message.get("bytes") or b""
+    return json_object(raw, "the message (an events body)")
+
+
+async def _refuse(websocket: WebSocket, error: ServiceError) -> None:
+    await websocket.accept()
+    await websocket.send_text(error_json(error))
+    await websocket.close(code=4000 + error.status, reason=error.code)
+
+
+@router.websocket(ROUTE)
+async def stream(websocket: WebSocket, session_id: str, token: str | None = None) -> None:
+    try:
+        owner = authenticator_of(websocket).owner(websocket.headers.get("authorization"), token)
+        manager = manager_of(websocket)
+        await manager.get(session_id, owner)
+    except ServiceError as error:
+        await _refuse(websocket, error)
+        return
+    await websocket.accept()
+    metrics: Metrics = websocket.app.state.metrics
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if not await _answer(websocket, manager, metrics, session_id, owner, message):
+                return
+    except WebSocketDisconnect:
+        return
+    except Exception:
+        request_id = websocket.scope.get("state", {}).get("request_id", "")
+        log.exception("unhandled error in the stream of session %s", session_id)
+        if websocket.application_state == WebSocketState.CONNECTED:
+            await websocket.send_text(error_json(internal_error(request_id)))
+            await websocket.close(code=CLOSE_INTERNAL_ERROR)
+
+
+async def _answer(
+    websocket: WebSocket, manager: SessionManager, metrics: Metrics, session_id: str, owner: str | None,
+    message: Mapping[str, Any],
+) -> bool:
+    """Apply one message and send its reply; False when the stream must end (server shutting down)."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await manager.step(session_id, owner, _parse(message))
+        status = 200
+        await websocket.send_text(response.model_dump_json())
+    except ServiceError as error:
+        status = error.status
+        await websocket.send_text(error_json(error))
+        if isinstance(error, ShuttingDown):
+            await websocket.close(code=CLOSE_SERVICE_RESTART, reason=error.code)
+            return False
+    finally:
+        metrics.requests.labels("WS", ROUTE, str(status)).inc()
+        metrics.request_latency.labels("WS", ROUTE).observe(time.perf_counter() - started)
+    return True

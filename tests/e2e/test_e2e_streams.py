@@ -1,0 +1,152 @@
+"""Streamed one event at a time, concurrently, over HTTP = one whole-sequence ONNX Runtime call.
+
+Sessions of every model stream at once, so the batcher gathers several sessions into one ONNX Runtime
+call; each session's outputs must still equal the reference computed from its manifest and a single
+call over the whole sequence (tolerance 1e-5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from e2e_support import Reference, ServerProcess, auth, check, event_body, make_events, metric_samples
+
+pytestmark = pytest.mark.e2e
+
+SESSIONS_PER_MODEL = 4
+EVENTS = 10
+LOCKSTEP_MODEL = "lm-lstm"
+LOCKSTEP_SESSIONS = 8
+REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+async def new_session(client: httpx.AsyncClient, model: str) -> str:
+    created = await client.post("/v1/sessions", json={"model": model})
+    assert created.status_code == 201, created.text
+    return str(created.json()["session_id"])
+
+
+async def step(
+    client: httpx.AsyncClient, reference: Reference, session: str, seq: int, event: Any
+) -> list[Any]:
+    response = await client.post(f"/v1/sessions/{session}/events", json=event_body(reference, seq, [event]))
+    assert response.status_code == 200, response.text
+    assert response.json()["seq"] == seq + 1
+    outputs: list[Any] = response.json()["outputs"]
+    return outputs
+
+
+def client_for(url: str, headers: dict[str, str], connections: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits)
+
+
+def run_interleaved(
+    url: str, references: dict[str, Reference], sessions: dict[str, int], headers: dict[str, str]
+) -> None:
+    """`sessions[model]` sessions of each model, all streaming at once, each at its own pace."""
+    rng = random.Random(7)
+    plan = [
+        (references[model], make_events(references[model], rng, EVENTS))
+        for model, count in sessions.items()
+        for _ in range(count)
+    ]
+    rng.shuffle(plan)
+
+    async def stream(client: httpx.AsyncClient, reference: Reference, events: list[Any]) -> list[Any]:
+        session = await new_session(client, reference.manifest.name)
+        return [
+            out
+            for seq, event in enumerate(events)
+            for out in await step(client, reference, session, seq, event)
+        ]
+
+    async def main() -> list[list[Any]]:
+        async with client_for(url, headers, len(plan)) as client:
+            return await asyncio.gather(*(stream(client, r, e) for r, e in plan))
+
+    for (reference, events), outputs in zip(plan, asyncio.run(main()), strict=True):
+        check(reference, events, outputs)
+
+
+def batch_stats(url: str, model: str) -> tuple[float, float, float]:
+    """(ONNX Runtime calls, session steps in them, calls of one session) of a model so far."""
+    text = httpx.get(f"{url}/metrics").text
+    labels = f'{{model="{model}",version="1"}}'
+    return (
+        metric_samples(text, "rnnserve_batch_size_count").get(labels, 0.0),
+        metric_samples(text, "rnnserve_batch_size_sum").get(labels, 0.0),
+        metric_samples(text, "rnnserve_batch_size_bucket").get(f'{{le="1.0",{labels[1:]}', 0.0),
+    )
+
+
+def test_interleaved_sessions_equal_the_whole_sequence_reference(
+    server: ServerProcess, references: dict[str, Reference]
+) -> None:
+    run_interleaved(server.url, references, dict.fromkeys(references, SESSIONS_PER_MODEL), auth())
+
+
+def test_sessions_stepping_together_share_onnx_runtime_calls(
+    server: ServerProcess, references: dict[str, Reference]
+) -> None:
+    """Rounds in which every session sends its next event at once: the batcher must put several
+    sessions in one call (rnnserve_batch_size), and every session still gets its own outputs."""
+    reference = references[LOCKSTEP_MODEL]
+    rng = random.Random(5)
+    events = [make_events(reference, rng, EVENTS) for _ in range(LOCKSTEP_SESSIONS)]
+    before = batch_stats(server.url, LOCKSTEP_MODEL)
+
+    async def main() -> list[list[Any]]:
+        async with client_for(server.url, auth(), LOCKSTEP_SESSIONS) as client:
+            sessions = [await new_session(client, LOCKSTEP_MODEL) for _ in events]
+            outputs: list[list[Any]] = [[] for _ in events]
+            for seq in range(EVENTS):
+                answers = await asyncio.gather(
+                    *(step(client, reference, s, seq, e[seq]) for s, e in zip(sessions, events, strict=True))
+                )
+                for collected, answer in zip(outputs, answers, strict=True):
+                    collected.extend(answer)
+            return outputs
+
+    for session_events, outputs in zip(events, asyncio.run(main()), strict=True):
+        check(reference, session_events, outputs)
+    calls, steps, singles = (
+        a - b for a, b in zip(batch_stats(server.url, LOCKSTEP_MODEL), before, strict=True)
+    )
+    assert steps == LOCKSTEP_SESSIONS * EVENTS
+    assert calls - singles > 0 and calls < steps, (calls, steps, singles)
+    print(f"{LOCKSTEP_MODEL}: {steps:.0f} steps in {calls:.0f} calls ({singles:.0f} of one session)")
+
+
+def _shipped_artifacts() -> list[Path]:
+    if not REPO_MODELS.is_dir():
+        return []
+    return sorted(
+        p
+        for name in REPO_MODELS.iterdir()
+        if name.is_dir()
+        for p in name.iterdir()
+        if (p / "manifest.json").is_file()
+    )
+
+
+@pytest.mark.skipif(not _shipped_artifacts(), reason="no shipped models under models/ yet")
+@pytest.mark.slow
+def test_shipped_models_stream_like_the_reference(tmp_path: Path) -> None:
+    server = ServerProcess(REPO_MODELS, tmp_path).wait_ready()
+    try:
+        listed = httpx.get(f"{server.url}/v1/models").json()["models"]
+        defaults = {(m["name"], m["version"]) for m in listed if m["default"]}
+        shipped = {  # a new session gets the default version
+            p.parent.name: Reference.load(p)
+            for p in _shipped_artifacts()
+            if (p.parent.name, p.name) in defaults
+        }
+        run_interleaved(server.url, shipped, dict.fromkeys(shipped, 2), {})
+    finally:
+        assert server.stop() == 0, server.log()

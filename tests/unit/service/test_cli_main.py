@@ -1,0 +1,111 @@
+"""The command line, in process: help texts, settings from flags and environment, `models`, `bench`."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from service import cli
+from service.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        code = cli.main(argv)
+    except SystemExit as exit_:  # argparse's --help and usage errors
+        code = int(exit_.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0
+    for command in ("serve", "models", "train", "export", "bench"):
+        assert command in out
+
+
+def test_serve_help_lists_every_setting_with_env_var_and_default(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["serve", "--help"], capsys)
+    assert code == 0
+    for flag in ("--host", "--port", "--models-dir", "--workers"):
+        assert flag in out
+    for name in Settings.model_fields:
+        assert f"RNNSERVE_{name.upper()}" in out, name
+    assert "RNNSERVE_MAX_BATCH_SIZE" in out and "default 256" in out
+    assert "RNNSERVE_PROVIDERS" in out and "default cpu" in out
+
+
+def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RNNSERVE_PORT", "9001")
+    monkeypatch.setenv("RNNSERVE_HOST", "0.0.0.0")
+    monkeypatch.setenv("RNNSERVE_MAX_BATCH_SIZE", "8")
+    settings = cli.settings_from_args(cli.build_parser().parse_args(["serve", "--port", "9100"]))
+    assert settings.port == 9100  # the flag wins
+    assert settings.host == "0.0.0.0"  # no flag: the environment
+    assert settings.max_batch_size == 8
+    assert cli.settings_from_args(
+        cli.build_parser().parse_args(["models", "--models-dir", "x"])
+    ).models_dir == Path("x")
+
+
+def test_invalid_settings_are_refused_before_serving(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(["serve", "--port", "70000"], capsys)
+    assert code == 2 and "invalid settings" in err and "port" in err
+    monkeypatch.setenv("RNNSERVE_CAPACITY_POLICY", "maybe")
+    code, _, err = run(["serve"], capsys)
+    assert code == 2 and "capacity_policy" in err
+
+
+def test_several_workers_need_a_shared_store(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["serve", "--workers", "2"], capsys)
+    assert code == 2 and "RNNSERVE_STORE=redis" in err
+    code, _, err = run(["serve", "--workers", "0"], capsys)
+    assert code == 2
+
+
+def test_bench_is_a_placeholder(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["bench"], capsys)
+    assert code == 2 and "issue 4" in err
+    assert run(["bench", "--help"], capsys)[0] == 0
+
+
+def test_models_lists_and_verifies(tiny_models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["models", "--models-dir", str(tiny_models_dir)], capsys)
+    assert code == 0, out
+    rows = [line.split() for line in out.splitlines()]
+    assert rows[0][:3] == ["MODEL", "VERSION", "TASK"]
+    listed = {(row[0], row[2], row[3], row[-1]) for row in rows[1:-1]}
+    assert ("lm-gru", "lm", "gru", "ok") in listed and ("sensor-rnn", "sensor", "rnn", "ok") in listed
+    assert len(listed) == 6
+    assert "6 of 6 artifact(s) verified" in out
+
+
+def test_models_fails_on_a_tampered_or_missing_artifact(
+    tiny_models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "models"
+    shutil.copytree(tiny_models_dir / "lm-rnn", root / "lm-rnn")
+    shutil.copytree(tiny_models_dir / "sensor-gru", root / "sensor-gru")
+    onnx = root / "lm-rnn" / "1" / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:-1] + b"\x00")
+    code, out, _ = run(["models", "--models-dir", str(root)], capsys)
+    assert code == 1
+    assert "FAILED" in out and "sha256" in out
+    assert "1 of 2 artifact(s) verified" in out
+    code, _, err = run(["models", "--models-dir", str(tmp_path / "nothing-here")], capsys)
+    assert code == 1 and "no artifacts" in err
+
+
+def test_train_hands_over_to_the_training_package(capfd: pytest.CaptureFixture[str]) -> None:
+    if not cli.training_available():
+        pytest.skip("training needs the [train] extra")
+    assert cli.main(["train", "--help"]) == 0
+    out = capfd.readouterr().out
+    assert "lm" in out and "sensor" in out and "export" in out
