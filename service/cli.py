@@ -34,9 +34,15 @@ if TYPE_CHECKING:  # the server's imports load only when `serve` runs
     from fastapi import FastAPI
 
 EXIT_USAGE = 2
-BENCH_PENDING = "rnnserve bench: the benchmark suite arrives with issue 4; nothing to run yet."
-_TRAIN_MISSING = ("rnnserve {command}: training needs PyTorch and the training package, which this install "
-                  "lacks; install them with: pip install 'rnnserve[train]'")
+# Subcommands that run in a child Python: `service/` never imports training/, benchmarks/ or torch.
+# command -> (module, arguments put before the user's, packages it needs, the extra that brings them)
+_DELEGATED: dict[str, tuple[str, list[str], tuple[str, ...], str]] = {
+    "train": ("training", [], ("torch", "training"), "train"),
+    "export": ("training", ["export"], ("torch", "training"), "train"),
+    "bench": ("benchmarks", [], ("torch", "matplotlib", "benchmarks"), "bench"),
+}
+_MISSING = ("rnnserve {command}: this install lacks {missing}; install them with: "
+            "pip install 'rnnserve[{extra}]' (from a checkout: pip install -e '.[{extra}]')")
 
 
 def _default_text(name: str) -> str:
@@ -78,13 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "and ONNX graph; exit 1 if any fails or none is found.")
     models.add_argument("--models-dir", type=Path, help=dir_help)
 
-    # listed here; main() hands their arguments, --help included, to python -m training
+    # listed here; main() hands their arguments, --help included, to python -m training / benchmarks
     sub.add_parser("train", help="train, export and verify a model: rnnserve train lm|sensor [options]")
     sub.add_parser("export", help="export a training checkpoint again: rnnserve export CHECKPOINT [options]")
-
-    bench = sub.add_parser("bench", help="the benchmark suite (arrives with issue 4)",
-                           description=BENCH_PENDING)
-    bench.add_argument("--quick", action="store_true", help="a short run")
+    sub.add_parser("bench", help="the benchmark suite: rnnserve bench [--quick] [options]")
     return parser
 
 
@@ -194,32 +197,31 @@ def _models(settings: Settings) -> int:
     return 1 if failed else 0
 
 
-# ---- train / export ------------------------------------------------------------------------------
+# ---- train / export / bench ----------------------------------------------------------------------
 
 
-def training_available() -> bool:
-    return all(importlib.util.find_spec(name) is not None for name in ("torch", "training"))
+def missing_packages(command: str) -> list[str]:
+    _, _, needs, _ = _DELEGATED[command]
+    return [name for name in needs if importlib.util.find_spec(name) is None]
 
 
-def _training(command: str, args: list[str]) -> int:
-    if not training_available():
-        print(_TRAIN_MISSING.format(command=command), file=sys.stderr)
+def _delegate(command: str, args: list[str]) -> int:
+    module, prefix, _, extra = _DELEGATED[command]
+    missing = missing_packages(command)
+    if missing:
+        print(_MISSING.format(command=command, missing=", ".join(missing), extra=extra), file=sys.stderr)
         return EXIT_USAGE
-    prefix = ["export"] if command == "export" else []
     try:
-        return subprocess.call([sys.executable, "-m", "training", *prefix, *args])
+        return subprocess.call([sys.executable, "-m", module, *prefix, *args])
     except KeyboardInterrupt:
         return 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("train", "export"):  # everything after the command, --help included, is theirs
-        return _training(argv[0], argv[1:])
+    if argv and argv[0] in _DELEGATED:  # everything after the command, --help included, is theirs
+        return _delegate(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
-    if args.command == "bench":
-        print(BENCH_PENDING, file=sys.stderr)
-        return EXIT_USAGE
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:

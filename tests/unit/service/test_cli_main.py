@@ -70,10 +70,24 @@ def test_several_workers_need_a_shared_store(capsys: pytest.CaptureFixture[str])
     assert code == 2
 
 
-def test_bench_is_a_placeholder(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(["bench"], capsys)
-    assert code == 2 and "issue 4" in err
-    assert run(["bench", "--help"], capsys)[0] == 0
+def test_bench_hands_over_to_the_benchmark_suite(capfd: pytest.CaptureFixture[str]) -> None:
+    if cli.missing_packages("bench"):
+        pytest.skip("the benchmark suite needs the [bench] extra")
+    assert cli.main(["bench", "--help"]) == 0
+    out = capfd.readouterr().out
+    assert "--quick" in out and "benchmarks/results" in out
+
+
+def test_a_missing_extra_is_named_with_its_install_command(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # hide the benchmark package from the import system, as on a serving-only install
+    real_find_spec = cli.importlib.util.find_spec
+    monkeypatch.setattr(cli.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "benchmarks" else real_find_spec(name, *a))
+    code, _, err = run(["bench", "--quick"], capsys)
+    assert code == 2
+    assert "lacks benchmarks" in err and "pip install 'rnnserve[bench]'" in err
 
 
 def test_models_lists_and_verifies(tiny_models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -104,7 +118,7 @@ def test_models_fails_on_a_tampered_or_missing_artifact(
 
 
 def test_train_hands_over_to_the_training_package(capfd: pytest.CaptureFixture[str]) -> None:
-    if not cli.training_available():
+    if cli.missing_packages("train"):
         pytest.skip("training needs the [train] extra")
     assert cli.main(["train", "--help"]) == 0
     out = capfd.readouterr().out
