@@ -15,8 +15,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import metadata
+from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from service.auth import Authenticator
 from service.error_handlers import install_error_handlers
@@ -76,9 +78,26 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("stopped")
 
 
+class _App(FastAPI):
+    """FastAPI, with the hot path (`POST /v1/sessions/{id}/events`) answered before FastAPI's own
+    middleware stack (error pages, native telemetry, body limit, exception handlers, routing): the
+    request middleware answers it by itself, with the same envelope (request id, body limit, metrics,
+    access log, last-resort 500) as every other request, which it sees inside that stack."""
+
+    fast: RequestMiddleware | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast = self.fast
+        if fast is not None and not self.root_path and fast.claims(scope):
+            scope["app"] = self
+            await fast(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else get_settings()
-    app = FastAPI(
+    app = _App(
         title="rnnserve",
         version=_version(),
         summary="Stateful streaming inference for recurrent networks (Elman RNN, GRU, LSTM)",
@@ -93,6 +112,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (models, sessions, stream, kserve, health):
         app.include_router(module.router)
     install_error_handlers(app)
-    app.add_middleware(RequestMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_body_bytes,
-                       routes=app.router.routes)
+    envelope: dict[str, Any] = {"metrics": app.state.metrics, "max_body_bytes": settings.max_body_bytes,
+                                "routes": app.router.routes}
+    app.add_middleware(RequestMiddleware, **envelope)
+    # the same envelope outside FastAPI's stack, for the requests it answers alone (never calls its app)
+    app.fast = RequestMiddleware(app.router, **envelope)
     return app

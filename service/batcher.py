@@ -3,7 +3,8 @@
 It knows nothing about words, sensors or state; three hooks do (LitServe's split)::
 
     await batch(items)            -> prepared   event loop: stack inputs, read the states
-    predict(prepared)             -> output     worker thread: the ONNX Runtime call
+    predict(prepared)             -> output     worker thread: the ONNX Runtime call (may return
+                                                `Timed(output, seconds)` to time the call alone)
     await unbatch(items, prepared, output, keep) -> one result per item
                                                 event loop: split outputs, write the states back
 
@@ -54,6 +55,15 @@ class BatchHooks(Protocol[I_contra, O_co]):
     async def unbatch(
         self, items: Sequence[I_contra], prepared: Any, output: Any, keep: Sequence[bool]
     ) -> Sequence[O_co]: ...
+
+
+@dataclass(slots=True)
+class Timed:
+    """What `predict` may return to report the duration of its inference call alone (without the
+    rest of `predict`, e.g. batched postprocessing); otherwise the whole `predict` is timed."""
+
+    output: Any
+    seconds: float
 
 
 def _own_copy(exc: ServiceError) -> ServiceError:
@@ -183,14 +193,21 @@ class Batcher(Generic[I, O]):
         for events, jobs in groups.items():
             await self._run_group(events, jobs)
 
+    def _predict(self, prepared: Any) -> tuple[Any, float]:
+        """Worker thread: the predict hook and the inference time measured here, in the thread (so
+        that `rnnserve_inference_seconds` never includes waiting for the event loop to resume)."""
+        started = time.perf_counter()
+        output = self.hooks.predict(prepared)
+        if isinstance(output, Timed):
+            return output.output, output.seconds
+        return output, time.perf_counter() - started
+
     async def _run_group(self, events: int, jobs: list[_Job[I, O]]) -> None:
         items = [job.item for job in jobs]
         loop = asyncio.get_running_loop()
-        started = self.clock()
         try:
             prepared = await self.hooks.batch(items)
-            output = await loop.run_in_executor(self._executor, self.hooks.predict, prepared)
-            ran = self.clock()
+            output, inference_s = await loop.run_in_executor(self._executor, self._predict, prepared)
             keep = [not job.future.cancelled() for job in jobs]
             results = await self.hooks.unbatch(items, prepared, output, keep)
             if len(results) != len(jobs):  # outputs match inputs one for one
@@ -217,7 +234,7 @@ class Batcher(Generic[I, O]):
             m, labels = self.metrics, self.labels
             m.batch_size.labels(*labels).observe(len(jobs))
             m.batch_events.labels(*labels).observe(len(jobs) * events)
-            m.inference_time.labels(*labels).observe(ran - started)
+            m.inference_time.labels(*labels).observe(inference_s)
         for job, result in zip(jobs, results, strict=True):
             if not job.future.done():
                 job.future.set_result(result)

@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import State
 from starlette.requests import HTTPConnection
 
 from service.auth import Authenticator
@@ -40,18 +41,32 @@ def authenticator_of(conn: HTTPConnection) -> Authenticator:
 
 def manager_of(conn: HTTPConnection) -> SessionManager:
     """The session manager, once its models are loaded; 503 before that and during shutdown."""
-    state = conn.app.state
+    return manager_of_state(conn.app.state)
+
+
+def manager_of_state(state: State) -> SessionManager:
+    """`manager_of` for code that holds the app's state rather than a connection (the fast routes)."""
     if getattr(state, "shutting_down", False):
         raise ShuttingDown("the server is shutting down")
     manager: SessionManager | None = getattr(state, "manager", None)
     if manager is None or not manager.ready:
-        raise NotReady("the server is starting: models are loading", **startup_details(conn))
+        error: str | None = getattr(state, "startup_error", None)
+        raise NotReady("the server is starting: models are loading", **({"reason": error} if error else {}))
     return manager
 
 
-def startup_details(conn: HTTPConnection) -> dict[str, str]:
-    error: str | None = getattr(conn.app.state, "startup_error", None)
-    return {"reason": error} if error else {}
+def bearer_owner(auth: Authenticator, authorization: str | None) -> str | None:
+    """`get_owner` without FastAPI: the owner id of an `Authorization` header read exactly as
+    `HTTPBearer(auto_error=False)` reads it (anything but `Bearer <credentials>` counts as no key)."""
+    if not auth.enabled:
+        return None
+    token: str | None = None
+    if authorization:
+        scheme, _, credentials = authorization.partition(" ")
+        credentials = credentials.strip()
+        if scheme and credentials and scheme.lower() == "bearer":
+            token = credentials
+    return auth.owner(token=token)
 
 
 async def get_manager(conn: HTTPConnection) -> SessionManager:

@@ -5,6 +5,8 @@ Names are part of the contract: the Grafana dashboard and the benchmarks read th
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -53,6 +55,19 @@ class Metrics:
             "rnnserve_unknown_tokens", "lm input words mapped to <unk>", ["model", "version"], registry=r)
         self.batch_failures = Counter(
             "rnnserve_batch_failures", "ONNX Runtime calls that raised", ["model", "version"], registry=r)
+
+        # (method, route template, status) -> the children of `requests` and `request_latency`
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def request_children(self, method: str, route: str, status: int) -> tuple[Any, Any]:
+        """The request counter and latency histogram of one (method, route, status), looked up once:
+        `labels()` takes a lock and builds a key on every call, on the hot path."""
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(method, route, str(status)), self.request_latency.labels(method, route))
+        return children
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

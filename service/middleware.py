@@ -12,6 +12,8 @@ A plain ASGI middleware (no BaseHTTPMiddleware: no extra task per request, strea
 - metrics: `rnnserve_requests{method, route, status}` and the latency histogram, labelled with the
   route TEMPLATE (`/v1/sessions/{session_id}/events`), never the raw path (unbounded cardinality);
   requests that match no route count as `unmatched`.
+- hot path: `POST /v1/sessions/{id}/events` is answered here by `routes.sessions.step_fast`, without
+  Starlette's routing or FastAPI's dependency solving (same answers as the FastAPI route).
 - access log: one line per request (JSON fields with `log_json`); probes and scrapes log at DEBUG. The
   query string is never logged (a WebSocket client may carry its key in `?token=`).
 - anything that escapes the app is logged with its traceback and the request id and answered with the
@@ -21,9 +23,9 @@ A plain ASGI middleware (no BaseHTTPMiddleware: no extra task per request, strea
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
-import uuid
 from typing import Any
 
 from starlette.routing import BaseRoute, Match
@@ -32,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.error_handlers import internal_error_response, render_error
 from service.logs import request_id_var
 from service.metrics import Metrics
+from service.routes.sessions import EVENTS_ROUTE, events_session_id, step_fast
 
 REQUEST_ID_HEADER = "x-request-id"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -56,9 +59,19 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def fresh_request_id() -> str:
+    """A random id shaped like `uuid.uuid4().hex`, without a system call per request (an id names a
+    request in the logs; it guards nothing, so it needs no cryptographic randomness)."""
+    return f"{random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
+
+
 def request_id_of(scope: Scope) -> str:
     given = _header(scope, REQUEST_ID_HEADER.encode())
-    return given if given is not None and _SANE_REQUEST_ID.match(given) else uuid.uuid4().hex
+    return given if given is not None and _SANE_REQUEST_ID.match(given) else fresh_request_id()
 
 
 class RequestMiddleware:
@@ -67,6 +80,12 @@ class RequestMiddleware:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.routes = routes
+
+    @staticmethod
+    def claims(scope: Scope) -> bool:
+        """Whether this middleware answers `scope` by itself, never calling the app (the hot path)."""
+        return (scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path")
+                and events_session_id(scope["path"]) is not None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -87,6 +106,7 @@ class RequestMiddleware:
         started = time.perf_counter()
         status = 500
         response_started = False
+        route: str | None = None  # the template, when known before the app runs
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started
@@ -110,6 +130,12 @@ class RequestMiddleware:
                     {"limit_bytes": self.max_body_bytes}, path=scope["path"])
                 await response(scope, receive, send_with_id)
                 return
+            if scope["method"] == "POST" and not scope.get("root_path"):
+                session_id = events_session_id(scope["path"])
+                if session_id is not None:
+                    route = EVENTS_ROUTE
+                    await step_fast(scope, _replay(b"", receive), send_with_id, session_id, body)
+                    return
             await self.app(scope, _replay(body, receive), send_with_id)
         except Exception:
             log.exception("unhandled error in %s %s", scope["method"], scope["path"])
@@ -117,7 +143,7 @@ class RequestMiddleware:
                 raise  # too late for an error response; the server closes the connection
             await internal_error_response(request_id, scope["path"])(scope, receive, send_with_id)
         finally:
-            self._record(scope, status, time.perf_counter() - started)
+            self._record(scope, status, time.perf_counter() - started, route)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         declared = _header(scope, b"content-length")
@@ -149,10 +175,13 @@ class RequestMiddleware:
         path = getattr(route, "path", None)
         return path if isinstance(path, str) else "unmatched"
 
-    def _record(self, scope: Scope, status: int, duration_s: float) -> None:
-        method, route = scope["method"], self._route_template(scope)
-        self.metrics.requests.labels(method, route, str(status)).inc()
-        self.metrics.request_latency.labels(method, route).observe(duration_s)
+    def _record(self, scope: Scope, status: int, duration_s: float, route: str | None) -> None:
+        method = scope["method"]
+        if route is None:
+            route = self._route_template(scope)
+        counter, latency = self.metrics.request_children(method, route, status)
+        counter.inc()
+        latency.observe(duration_s)
         level = logging.DEBUG if scope["path"] in _QUIET_PATHS else logging.INFO
         if access_log.isEnabledFor(level):
             client = scope.get("client")

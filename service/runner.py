@@ -20,12 +20,14 @@ A job that brings its own state (generate without commit) runs from it and write
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from service.batcher import Timed
 from service.errors import StoreUnavailable
 from service.registry import TASK_OUTPUTS, LoadedModel
 from service.store.base import Gathered, SessionRecord, SessionStore, Status, StoredAnswer
@@ -113,12 +115,15 @@ class ModelRunner:
         params = np.fromiter((items[i].param for i in run), np.int64, len(run))
         return _Prepared(run, x, params, state, read, own)
 
-    def predict(self, prepared: _Prepared) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """(derived arrays [B', ...], new state [L, B', H] per tensor); runs in the worker thread."""
+    def predict(self, prepared: _Prepared) -> Timed:
+        """(derived arrays [B', ...], new state [L, B', H] per tensor), with the duration of the ONNX
+        Runtime call alone; runs in the worker thread."""
         if not prepared.run:
-            return [], []
+            return Timed(([], []), 0.0)
         feed = {"x": prepared.x, **dict(zip(self.state_inputs, prepared.state, strict=True))}
+        started = time.perf_counter()
         output = self.model.run(feed, self.output_names)
+        run_s = time.perf_counter() - started
         n_task = len(self.task_outputs)
         batch = len(prepared.run)
         if (
@@ -132,7 +137,7 @@ class ModelRunner:
         outs, new_state = output[:n_task], output[n_task:]
         if self.postprocess is not None:
             outs = self.postprocess(outs, prepared.x, prepared.params)
-        return outs, new_state
+        return Timed((outs, new_state), run_s)
 
     async def unbatch(
         self, items: Sequence[StepJob], prepared: _Prepared, output: Any, keep: Sequence[bool]

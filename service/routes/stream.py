@@ -99,6 +99,7 @@ async def _answer(
             await websocket.close(code=CLOSE_SERVICE_RESTART, reason=error.code)
             return False
     finally:
-        metrics.requests.labels("WS", ROUTE, str(status)).inc()
-        metrics.request_latency.labels("WS", ROUTE).observe(time.perf_counter() - started)
+        counter, latency = metrics.request_children("WS", ROUTE, status)
+        counter.inc()
+        latency.observe(time.perf_counter() - started)
     return True
