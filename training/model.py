@@ -7,7 +7,8 @@ owns the state storage; the model only maps (x, state) to (y, state), so one gra
     lm:      x int64 [B, T] -> embedding [B, T, E] -> core [B, T, H] -> (dense) -> log_probs [B, T, V]
     sensor:  x f32 [B, T, F] -------------------------> core [B, T, H] -> (dense) -> mean, log_var [B, T, F]
     state:   h [L, B, H] (and c [L, B, H] for LSTM)
-    prior:   h_in[L-1] [B, H] -> (dense) -> head: the prediction for x[:, 0] (log_probs_in | mean_in, log_var_in)
+    prior:   h_in[L-1] [B, H] -> (dense) -> head: the prediction for x[:, 0]
+             (log_probs_in | mean_in, log_var_in)
 
 The Elman cell is torch's `nn.RNN` with tanh: `h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`, the
 textbook `tanh(U x_t + W h_{t-1} + b)` with the bias split in two (b = b_ih + b_hh).

@@ -1,0 +1,1 @@
+"""Training data: text corpora, sensor CSVs, the synthetic sensor generator, and stream layout."""
