@@ -62,7 +62,14 @@ class ModelSpec:
         return asdict(self)
 
 
-_CORES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+def _core(spec: ModelSpec) -> nn.RNNBase:
+    """The stacked recurrent layers; PyTorch's fused modules export to ONNX's RNN/GRU/LSTM operators."""
+    dropout = spec.dropout if spec.layers > 1 else 0.0  # PyTorch applies it between layers only
+    if spec.cell == "rnn":
+        return nn.RNN(spec.input_size, spec.hidden, spec.layers, nonlinearity="tanh", batch_first=True,
+                      dropout=dropout)  # fmt: skip
+    core = nn.GRU if spec.cell == "gru" else nn.LSTM
+    return core(spec.input_size, spec.hidden, spec.layers, batch_first=True, dropout=dropout)
 
 
 class RecurrentNet(nn.Module):
@@ -70,15 +77,7 @@ class RecurrentNet(nn.Module):
         super().__init__()
         self.spec = spec
         self.embedding = nn.Embedding(spec.vocab_size, spec.input_size) if spec.task == "lm" else None
-        core_kwargs: dict[str, object] = {"nonlinearity": "tanh"} if spec.cell == "rnn" else {}
-        self.core = _CORES[spec.cell](
-            spec.input_size,
-            spec.hidden,
-            num_layers=spec.layers,
-            dropout=spec.dropout if spec.layers > 1 else 0.0,
-            batch_first=True,
-            **core_kwargs,
-        )
+        self.core = _core(spec)
         self.drop = nn.Dropout(spec.dropout)
         head_in = spec.hidden
         self.dense: nn.Module | None = None
