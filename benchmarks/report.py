@@ -304,7 +304,7 @@ def table(results: dict[str, Any]) -> str:
     lines.append("targets:")
     for t in summary["targets"]:
         mark = {True: "MET   ", False: "MISSED", None: "n/a   "}[t["met"]]
-        lines.append(f"  [{mark}] {t['name']}: {_f(t['value'], '.3g')} (goal {t['goal']}); {t['note']}")
+        lines.append(f"  [{mark}] {t['name']}: {_f(t['value'], '#.3g')} (goal {t['goal']}); {t['note']}")
     failed = [k for k, v in results.items() if isinstance(v, dict) and "error" in v]
     if failed:
         lines.append(f"FAILED sections: {', '.join(failed)} (see the JSON)")
