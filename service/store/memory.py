@@ -2,14 +2,15 @@
 
 Per idle session it holds one slab row, ~48 bytes of numpy metadata, a list slot and one dict entry
 (the key is 16 raw bytes for our own ids); no Python object per session beyond that key and its row
-number. Ended ids are remembered as tombstones for `gone_retention_s` (at most `max_sessions` per served
-version, oldest first out), so that they answer 410 with the reason instead of 404.
+number. Ended ids are remembered as tombstones (tombstones.py) for `gone_retention_s` (at most
+`max_sessions` per served version), so that they answer 410 with the reason instead of 404.
 
 Everything runs on the event loop and awaits nothing: the async methods of the `SessionStore` protocol
 are plain functions here, and a batch's gather / commit are one vectorized numpy pass each. The process
 is the only writer, so a commit's check-and-set never fails in practice (requests for one session take
 turns in the manager); it is checked all the same, cheaply, so that both backends keep the same rule.
-Sessions survive a restart through the snapshot file (snapshot_file.py), written at shutdown.
+Sessions and tombstones survive a restart through the snapshot file (snapshot_file.py), written at
+shutdown.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,8 @@ from service.store.base import (
 )
 from service.store.slab import NO_ANSWER, Partition
 from service.store.snapshot_file import load_sessions, save_sessions
+from service.store.tombstones import Tombstones
 
-REASONS = ("expired", "evicted", "deleted")
 _READY, _CONFLICT, _GONE = int(Status.READY), int(Status.CONFLICT), int(Status.GONE)  # plain ints: faster
 _ROW_BITS = 32
 
@@ -66,7 +67,7 @@ class MemoryStore:
         self._index: dict[SessionKey, int] = {}  # key -> (partition << 32) | row
         self._owners: list[str | None] = [None]
         self._owner_index: dict[str | None, int] = {None: 0}
-        self._gone: dict[SessionKey, tuple[int, int, float]] = {}  # key -> (reason, owner, until)
+        self._gone = Tombstones()
 
     # ---- partitions --------------------------------------------------------------------------------
 
@@ -167,7 +168,6 @@ class MemoryStore:
         p = self._parts[part]
         if len(rows) == 0:
             return
-        reason_index = REASONS.index(reason)
         until = now + self.settings.gone_retention_s
         owners = p.owner[rows].tolist()
         for row, owner in zip(rows.tolist(), owners, strict=True):
@@ -175,7 +175,7 @@ class MemoryStore:
             assert key is not None
             del self._index[key]
             if self.settings.gone_retention_s > 0:
-                self._gone[key] = (reason_index, owner, until)
+                self._gone.add(key, reason, owner, until)
         p.release(rows)
         self._trim_tombstones(now)
         if self.metrics is not None:
@@ -183,22 +183,15 @@ class MemoryStore:
         self._update_gauges(p)
 
     def _trim_tombstones(self, now: float) -> None:
-        limit = self.settings.max_sessions * max(1, len(self._parts))
-        gone = self._gone
-        while gone:
-            first = next(iter(gone))
-            if gone[first][2] > now and len(gone) <= limit:
-                break
-            del gone[first]
+        self._gone.trim(now, self.settings.max_sessions * max(1, len(self._parts)))
 
     def _locate(self, session_id: str, owner: str | None, now: float) -> tuple[int, int]:
         key = session_key(session_id)
         packed = self._index.get(key)
         owner_index = self._owner_index.get(owner, -2)
         if packed is None:
-            tomb = self._gone.get(key)
-            if tomb is not None and tomb[2] > now and tomb[1] == owner_index:
-                reason = REASONS[tomb[0]]
+            reason = self._gone.reason_for(key, owner_index, now)
+            if reason is not None:
                 raise GONE_BY_REASON[reason](
                     f"session {session_id} was {reason}", session_id=session_id, reason=reason
                 )
@@ -245,7 +238,7 @@ class MemoryStore:
             key = session_key(session_id)
             if key in self._index:
                 raise BadRequest(f"session id {session_id} is in use", session_id=session_id)
-            self._gone.pop(key, None)
+            self._gone.discard(key)
         else:
             key = secrets.token_bytes(16)
             while key in self._index or key in self._gone:
@@ -298,8 +291,7 @@ class MemoryStore:
     def _current(self, record: SessionRecord) -> Partition:
         p = self._parts[record.part]
         if p.gen[record.row] != record.gen or p.owner[record.row] < 0:
-            tomb = self._gone.get(session_key(record.session_id))
-            reason = REASONS[tomb[0]] if tomb is not None else "deleted"
+            reason = self._gone.reason(session_key(record.session_id)) or "deleted"
             raise GONE_BY_REASON[reason](
                 f"session {record.session_id} was {reason}", session_id=record.session_id, reason=reason
             )
@@ -347,9 +339,7 @@ class MemoryStore:
 
     # ---- the batcher's read and write --------------------------------------------------------------
 
-    def _check(
-        self, p: Partition, records: Sequence[SessionRecord]
-    ) -> tuple[np.ndarray, np.ndarray, bool]:
+    def _check(self, p: Partition, records: Sequence[SessionRecord]) -> tuple[np.ndarray, np.ndarray, bool]:
         """(rows, status per record, all ready): a record is READY while its row still holds the same
         incarnation at the same seq."""
         n = len(records)
@@ -427,6 +417,18 @@ class MemoryStore:
             expired += len(rows)
         self._trim_tombstones(now)
         return expired
+
+    def tombstones(self) -> Iterator[tuple[str, str, str | None, float]]:
+        """Ended ids still answered with 410: (session id, reason, owner, wall-clock time it is forgotten)."""
+        for key, reason, owner, until in self._gone.live(self.clock()):
+            yield key_to_id(key), reason, self._owners[owner], self.wall_offset + until
+
+    def remember_ended(self, session_id: str, reason: str, owner: str | None, until_wall: float) -> None:
+        """Restore a tombstone written by `tombstones` (a live session of that id keeps precedence)."""
+        key = session_key(session_id)
+        until = until_wall - self.wall_offset
+        if key not in self._index and until > self.clock():
+            self._gone.add(key, reason, self._owner(owner), until)
 
     def save(self, path: Path) -> int:
         """Write every session to `path` atomically (see snapshot_file.py); returns the count."""

@@ -4,6 +4,8 @@
     p<i>.state<k>          float32 [L, n, H]  state tensor k of partition i's n sessions
     p<i>.<column>          one entry per session: ids, seq, created, expires, owner, answer_seq, answer_fp,
                            answer_len (-1: none); p<i>.answers is every stored answer, concatenated
+    gone.<column>          ended ids still answered with 410: ids, reason, owner, until (wall clock);
+                           absent from files written before tombstones were kept
 
 Written to a temporary file in the same directory, fsync'ed, then renamed over the target, so a crash
 never leaves a half-written snapshot. Read back with allow_pickle=False: the file holds no code.
@@ -96,8 +98,38 @@ def save_sessions(store: MemoryStore, path: Path) -> int:
         arrays[f"p{i}.answer_len"] = np.array([-1 if a is None else len(a) for a in answers], np.int64)
         arrays[f"p{i}.answers"] = np.frombuffer(b"".join(a for a in answers if a), np.uint8)
         total += len(rows)
+    arrays.update(_tombstone_arrays(store))
     write_snapshot(path, header, arrays)
     return total
+
+
+def _tombstone_arrays(store: MemoryStore) -> dict[str, np.ndarray]:
+    owner_index = {owner: i for i, owner in enumerate(store.owners)}
+    ids, reasons, owners, until = [], [], [], []
+    for session_id, reason, owner, until_wall in store.tombstones():
+        ids.append(session_id)
+        reasons.append(reason)
+        owners.append(owner_index[owner])
+        until.append(until_wall)
+    return {
+        "gone.ids": np.array(ids, dtype=np.str_),
+        "gone.reason": np.array(reasons, dtype=np.str_),
+        "gone.owner": np.array(owners, dtype=np.int64),
+        "gone.until": np.array(until, dtype=np.float64),
+    }
+
+
+def _load_tombstones(store: MemoryStore, arrays: dict[str, np.ndarray], owners: list[str | None]) -> None:
+    if "gone.ids" not in arrays:
+        return
+    for session_id, reason, owner, until in zip(
+        arrays["gone.ids"].tolist(),
+        arrays["gone.reason"].tolist(),
+        arrays["gone.owner"].tolist(),
+        arrays["gone.until"].tolist(),
+        strict=True,
+    ):
+        store.remember_ended(session_id, reason, owners[owner], until)
 
 
 def load_sessions(store: MemoryStore, path: Path, models: Sequence[LoadedModel]) -> int:
@@ -150,4 +182,5 @@ def load_sessions(store: MemoryStore, path: Path, models: Sequence[LoadedModel])
                 p.answer_fp[record.row] = arrays[f"p{i}.answer_fp"][j]
                 p.answers[record.row] = blob[ends[j] : ends[j + 1]]
             loaded += 1
+    _load_tombstones(store, arrays, owners)
     return loaded

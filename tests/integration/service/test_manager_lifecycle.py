@@ -17,8 +17,10 @@ from service.errors import (
     CapacityExceeded,
     InvalidInput,
     SequenceConflict,
+    SessionDeleted,
     SessionEvicted,
     SessionExpired,
+    SessionNotFound,
     ShuttingDown,
 )
 from service.metrics import Metrics
@@ -70,6 +72,28 @@ async def test_snapshot_file_stop_start_continues_identically(
 
 
 @memory_only
+async def test_snapshot_file_keeps_ended_ids_answering_gone(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(snapshot_path=tmp_path / "s.snapshot", max_sessions=1, capacity_policy="evict")
+    async with running(settings) as manager:
+        deleted = (await manager.create(schemas.CreateSession(model="lm-rnn"), "key-1")).session_id
+        await manager.delete(deleted, "key-1")
+        evicted = (await manager.create(schemas.CreateSession(model="lm-rnn"), None)).session_id
+        live = (await manager.create(schemas.CreateSession(model="lm-rnn"), "key-2")).session_id
+        with pytest.raises(SessionEvicted):
+            await manager.get(evicted, None)
+    async with running(settings) as manager:
+        assert (await manager.get(live, "key-2")).seq == 0
+        with pytest.raises(SessionDeleted):
+            await manager.get(deleted, "key-1")
+        with pytest.raises(SessionEvicted):
+            await manager.get(evicted, None)
+        with pytest.raises(SessionNotFound):  # a tombstone still belongs to the key that ended it
+            await manager.get(deleted, "key-2")
+
+
+@memory_only
 async def test_snapshot_file_of_a_version_no_longer_loaded_is_refused(
     make_settings: Callable[..., Settings], tiny_models_dir: Path, tmp_path: Path
 ) -> None:
@@ -104,7 +128,9 @@ async def test_export_and_restore_continue_identically(
         a = await manager.step(original, None, body("sensor", second, 5))
         b = await manager.step(restored.session_id, "other", body("sensor", second, 5))
         assert a.model_dump() == b.model_dump()
-        assert a.outputs[0].score is not None  # the restored session scores its first reading
+        first_output = a.outputs[0]
+        assert isinstance(first_output, schemas.SensorOutput)
+        assert first_output.score is not None  # the restored session scores its first reading
 
         def tampered(**changes: Any) -> schemas.Snapshot:
             bad = snapshot.model_copy(update=changes)
