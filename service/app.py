@@ -48,8 +48,11 @@ async def _start(app: FastAPI, manager: SessionManager) -> bool:
         app.state.startup_error = f"{type(exc).__name__}: {exc}"
         log.critical("the service could not start: %s", app.state.startup_error, exc_info=True)
         return False
-    log.info("ready: %d model version(s) loaded from %s", len(manager.models().models),
-             app.state.settings.models_dir)
+    log.info(
+        "ready: %d model version(s) loaded from %s",
+        len(manager.models().models),
+        app.state.settings.models_dir,
+    )
     return True
 
 
@@ -57,8 +60,10 @@ async def _start(app: FastAPI, manager: SessionManager) -> bool:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     if not app.state.auth.enabled:
-        log.warning("AUTH IS OFF: no API keys configured (RNNSERVE_API_KEYS, RNNSERVE_API_KEYS_FILE); "
-                    "anyone who can reach this port can use every session")
+        log.warning(
+            "AUTH IS OFF: no API keys configured (RNNSERVE_API_KEYS, RNNSERVE_API_KEYS_FILE); "
+            "anyone who can reach this port can use every session"
+        )
     manager = SessionManager(settings, app.state.metrics)
     app.state.manager = manager
     app.state.shutting_down = False
@@ -103,7 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Stateful streaming inference for recurrent networks (Elman RNN, GRU, LSTM)",
         description="Sessions keep their hidden state on the server; stream events one at a time over "
         "REST (`/v1`), a WebSocket per session, or the KServe V2 protocol with Triton's sequence "
-        "extension (`/v2`). Errors: `{\"error\": {\"code\", \"message\", \"details\"}}`.",
+        'extension (`/v2`). Errors: `{"error": {"code", "message", "details"}}`.',
         lifespan=_lifespan,
     )
     app.state.settings = settings
@@ -112,8 +117,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (models, sessions, stream, kserve, health):
         app.include_router(module.router)
     install_error_handlers(app)
-    envelope: dict[str, Any] = {"metrics": app.state.metrics, "max_body_bytes": settings.max_body_bytes,
-                                "routes": app.router.routes}
+    envelope: dict[str, Any] = {
+        "metrics": app.state.metrics,
+        "max_body_bytes": settings.max_body_bytes,
+        "routes": app.router.routes,
+    }
     app.add_middleware(RequestMiddleware, **envelope)
     # the same envelope outside FastAPI's stack, for the requests it answers alone (never calls its app)
     app.fast = RequestMiddleware(app.router, **envelope)

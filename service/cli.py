@@ -41,8 +41,10 @@ _DELEGATED: dict[str, tuple[str, list[str], tuple[str, ...], str]] = {
     "export": ("training", ["export"], ("torch", "training"), "train"),
     "bench": ("benchmarks", [], ("torch", "matplotlib", "benchmarks"), "bench"),
 }
-_MISSING = ("rnnserve {command}: this install lacks {missing}; install them with: "
-            "pip install 'rnnserve[{extra}]' (from a checkout: pip install -e '.[{extra}]')")
+_MISSING = (
+    "rnnserve {command}: this install lacks {missing}; install them with: "
+    "pip install 'rnnserve[{extra}]' (from a checkout: pip install -e '.[{extra}]')"
+)
 
 
 def _default_text(name: str) -> str:
@@ -65,23 +67,37 @@ def settings_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rnnserve", description=(__doc__ or "").splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="rnnserve",
+        description=(__doc__ or "").splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the HTTP/WebSocket/KServe server",
-                           description="Run the server (uvicorn); graceful shutdown on SIGTERM.",
-                           epilog=settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTP/WebSocket/KServe server",
+        description="Run the server (uvicorn); graceful shutdown on SIGTERM.",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--host", help="interface to listen on (RNNSERVE_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port, 0 picks a free one (RNNSERVE_PORT, default 8000)")
     dir_help = "models directory (RNNSERVE_MODELS_DIR, default models)"
     serve.add_argument("--models-dir", type=Path, help=dir_help)
-    serve.add_argument("--workers", type=int, default=1,
-                       help="server processes (default 1); more than one needs RNNSERVE_STORE=redis")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes (default 1); more than one needs RNNSERVE_STORE=redis",
+    )
 
-    models = sub.add_parser("models", help="list and verify the artifacts in a models directory",
-                            description="List every <name>/<version>/ artifact, verify its hashes, manifest "
-                            "and ONNX graph; exit 1 if any fails or none is found.")
+    models = sub.add_parser(
+        "models",
+        help="list and verify the artifacts in a models directory",
+        description="List every <name>/<version>/ artifact, verify its hashes, manifest "
+        "and ONNX graph; exit 1 if any fails or none is found.",
+    )
     models.add_argument("--models-dir", type=Path, help=dir_help)
 
     # listed here; main() hands their arguments, --help included, to python -m training / benchmarks
@@ -92,8 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    overrides = {key: getattr(args, key) for key in ("host", "port", "models_dir")
-                 if getattr(args, key, None) is not None}
+    overrides = {
+        key: getattr(args, key)
+        for key in ("host", "port", "models_dir")
+        if getattr(args, key, None) is not None
+    }
     return Settings(**overrides)
 
 
@@ -108,17 +127,28 @@ def _serve(settings: Settings, workers: int) -> int:
 
     configure_logging(settings)
     common: dict[str, Any] = {
-        "host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
         "ws_max_size": settings.max_body_bytes,
         "timeout_graceful_shutdown": max(1, math.ceil(settings.shutdown_drain_s)),
     }
     if workers > 1:
         if settings.store == "memory":
-            print("rnnserve serve: --workers > 1 needs RNNSERVE_STORE=redis (the memory store keeps sessions "
-                  "inside one process)", file=sys.stderr)
+            print(
+                "rnnserve serve: --workers > 1 needs RNNSERVE_STORE=redis (the memory store keeps sessions "
+                "inside one process)",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
-        os.environ.update({"RNNSERVE_HOST": settings.host, "RNNSERVE_PORT": str(settings.port),
-                           "RNNSERVE_MODELS_DIR": str(settings.models_dir)})
+        os.environ.update(
+            {
+                "RNNSERVE_HOST": settings.host,
+                "RNNSERVE_PORT": str(settings.port),
+                "RNNSERVE_MODELS_DIR": str(settings.models_dir),
+            }
+        )
         _announce(settings.host, settings.port)
         uvicorn.run("service.app:create_app", factory=True, workers=workers, **common)
         return 0
@@ -188,8 +218,9 @@ def _models(settings: Settings) -> int:
             rows.append((path.parent.name, path.name, "?", "?", "?", "?", f"FAILED: {exc}"))
             continue
         arch = model.manifest.architecture
-        rows.append((model.name, model.version, model.task, arch.cell, str(arch.layers), str(arch.hidden),
-                     "ok"))
+        rows.append(
+            (model.name, model.version, model.task, arch.cell, str(arch.layers), str(arch.hidden), "ok")
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])

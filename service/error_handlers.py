@@ -44,8 +44,12 @@ def _finite(value: Any) -> Any:
 
 
 def render_error(
-    status: int, code: str, message: str, details: dict[str, Any] | None = None,
-    headers: dict[str, str] | None = None, path: str = "",
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    path: str = "",
 ) -> JSONResponse:
     """The one error response; `path` picks the KServe V2 shape under `/v2`."""
     body: dict[str, Any]
@@ -66,8 +70,9 @@ def error_json(error: ServiceError) -> str:
 
 
 def internal_error(request_id: str) -> ServiceError:
-    return ServiceError("internal error; the server log has the details under this request id",
-                        request_id=request_id)
+    return ServiceError(
+        "internal error; the server log has the details under this request id", request_id=request_id
+    )
 
 
 def internal_error_response(request_id: str, path: str = "") -> JSONResponse:

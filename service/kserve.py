@@ -49,8 +49,13 @@ _NUMPY_DTYPES = {"INT64": "<i8", "INT32": "<i4", "FP32": "<f4", "FP64": "<f8"}
 _INPUT_DTYPES = {"lm": ("INT64", "INT32"), "sensor": ("FP32", "FP64")}
 OUTPUTS: dict[str, dict[str, tuple[str, int]]] = {  # name -> (datatype, rank)
     "lm": {"TOKEN_LOGPROB": ("FP32", 2), "TOPK_IDS": ("INT64", 3), "TOPK_PROBS": ("FP32", 3)},
-    "sensor": {"PREDICTED_MEAN": ("FP32", 3), "PREDICTED_STD": ("FP32", 3), "SCORE": ("FP32", 2),
-               "PROBABILITY": ("FP32", 2), "IS_ANOMALY": ("BOOL", 2)},
+    "sensor": {
+        "PREDICTED_MEAN": ("FP32", 3),
+        "PREDICTED_STD": ("FP32", 3),
+        "SCORE": ("FP32", 2),
+        "PROBABILITY": ("FP32", 2),
+        "IS_ANOMALY": ("BOOL", 2),
+    },
 }
 DEFAULT_TOP_K = 5
 _SEQUENCE_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
@@ -137,16 +142,19 @@ def encode_outputs(
         lm = [o for o in step.outputs if isinstance(o, schemas.LmOutput)]
         k = len(lm[0].next) if lm else 0
         tensors["TOKEN_LOGPROB"] = _tensor("TOKEN_LOGPROB", "FP32", [1, t], [o.logprob for o in lm])
-        tensors["TOPK_IDS"] = _tensor("TOPK_IDS", "INT64", [1, t, k],
-                                      [vocab_index[n.token] for o in lm for n in o.next])
+        tensors["TOPK_IDS"] = _tensor(
+            "TOPK_IDS", "INT64", [1, t, k], [vocab_index[n.token] for o in lm for n in o.next]
+        )
         tensors["TOPK_PROBS"] = _tensor("TOPK_PROBS", "FP32", [1, t, k], [n.prob for o in lm for n in o.next])
     else:
         sensor = [o for o in step.outputs if isinstance(o, schemas.SensorOutput)]
         f = len(sensor[0].predicted_mean) if sensor else 0
-        tensors["PREDICTED_MEAN"] = _tensor("PREDICTED_MEAN", "FP32", [1, t, f],
-                                            [v for o in sensor for v in o.predicted_mean])
-        tensors["PREDICTED_STD"] = _tensor("PREDICTED_STD", "FP32", [1, t, f],
-                                           [v for o in sensor for v in o.predicted_std])
+        tensors["PREDICTED_MEAN"] = _tensor(
+            "PREDICTED_MEAN", "FP32", [1, t, f], [v for o in sensor for v in o.predicted_mean]
+        )
+        tensors["PREDICTED_STD"] = _tensor(
+            "PREDICTED_STD", "FP32", [1, t, f], [v for o in sensor for v in o.predicted_std]
+        )
         tensors["SCORE"] = _tensor("SCORE", "FP32", [1, t], [o.score for o in sensor])
         tensors["PROBABILITY"] = _tensor("PROBABILITY", "FP32", [1, t], [o.probability for o in sensor])
         tensors["IS_ANOMALY"] = _tensor("IS_ANOMALY", "BOOL", [1, t], [o.is_anomaly for o in sensor])
@@ -167,7 +175,11 @@ def requested_outputs(request: dict[str, Any], task: str) -> list[str]:
 
 
 async def infer(
-    manager: SessionManager, owner: str | None, name: str, version: str | None, body: bytes,
+    manager: SessionManager,
+    owner: str | None,
+    name: str,
+    version: str | None,
+    body: bytes,
     header_length: int | None,
 ) -> dict[str, Any]:
     """One V2 inference request: decode, step the sequence's session, encode."""
@@ -199,12 +211,16 @@ async def infer(
     try:
         step = await manager.step(session_id, owner, payload)
     except SessionNotFound:
-        raise BadRequest(f"sequence {sequence_id!r} of model {name!r} is not running: its first request "
-                         "must set sequence_start", sequence_id=sequence_id) from None
+        raise BadRequest(
+            f"sequence {sequence_id!r} of model {name!r} is not running: its first request "
+            "must set sequence_start",
+            sequence_id=sequence_id,
+        ) from None
     except SessionGone as gone:  # say which sequence, not which internal session id
         reason = gone.code.removeprefix("session_")
-        raise type(gone)(f"sequence {sequence_id!r} of model {name!r} was {reason}",
-                         sequence_id=sequence_id) from None
+        raise type(gone)(
+            f"sequence {sequence_id!r} of model {name!r} was {reason}", sequence_id=sequence_id
+        ) from None
     finally:
         if end:
             with contextlib.suppress(ServiceError):  # already ended
@@ -236,6 +252,10 @@ def model_metadata(manager: SessionManager, name: str, version: str | None) -> d
             {"name": out, "datatype": datatype, "shape": [1, -1] if rank == 2 else [1, -1, -1]}
             for out, (datatype, rank) in OUTPUTS[info.task].items()
         ],
-        "parameters": {"task": info.task, "cell": info.cell, "sequence": True,
-                       "default_version": info.default},
+        "parameters": {
+            "task": info.task,
+            "cell": info.cell,
+            "sequence": True,
+            "default_version": info.default,
+        },
     }

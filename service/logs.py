@@ -21,7 +21,10 @@ request_id_var: ContextVar[str | None] = ContextVar("rnnserve_request_id", defau
 # Attributes every LogRecord has; anything else was passed through `extra=` and belongs in the JSON.
 # (uvicorn adds `color_message`, the message with terminal colours: not for a log collector)
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "color_message"}
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 class _RequestIdFilter(logging.Filter):

@@ -18,43 +18,77 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
-            "rnnserve_requests", "HTTP requests by route template and status",
-            ["method", "route", "status"], registry=r)
+            "rnnserve_requests",
+            "HTTP requests by route template and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
         self.request_latency = Histogram(
-            "rnnserve_request_duration_seconds", "HTTP request latency by route template",
-            ["method", "route"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.events = Counter(
-            "rnnserve_events", "events (steps) applied", ["model", "version"], registry=r)
+            "rnnserve_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["method", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.events = Counter("rnnserve_events", "events (steps) applied", ["model", "version"], registry=r)
         self.batch_size = Histogram(
-            "rnnserve_batch_size", "sessions per ONNX Runtime call", ["model", "version"],
-            buckets=_BATCH_BUCKETS, registry=r)
+            "rnnserve_batch_size",
+            "sessions per ONNX Runtime call",
+            ["model", "version"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
         self.batch_events = Histogram(
-            "rnnserve_batch_events", "events per ONNX Runtime call (sessions x steps)",
-            ["model", "version"], buckets=_BATCH_BUCKETS, registry=r)
+            "rnnserve_batch_events",
+            "events per ONNX Runtime call (sessions x steps)",
+            ["model", "version"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
         self.queue_delay = Histogram(
-            "rnnserve_queue_delay_seconds", "time a step waited in the batcher's queue",
-            ["model", "version"], buckets=_DELAY_BUCKETS, registry=r)
+            "rnnserve_queue_delay_seconds",
+            "time a step waited in the batcher's queue",
+            ["model", "version"],
+            buckets=_DELAY_BUCKETS,
+            registry=r,
+        )
         self.inference_time = Histogram(
-            "rnnserve_inference_seconds", "ONNX Runtime run time per batch", ["model", "version"],
-            buckets=_LATENCY_BUCKETS, registry=r)
+            "rnnserve_inference_seconds",
+            "ONNX Runtime run time per batch",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.active_sessions = Gauge(
-            "rnnserve_active_sessions", "live sessions", ["model", "version"], registry=r)
+            "rnnserve_active_sessions", "live sessions", ["model", "version"], registry=r
+        )
         self.state_bytes = Gauge(
-            "rnnserve_state_bytes", "bytes held by session state slabs", ["model", "version"], registry=r)
+            "rnnserve_state_bytes", "bytes held by session state slabs", ["model", "version"], registry=r
+        )
         self.sessions_ended = Counter(
-            "rnnserve_sessions_ended", "sessions that ended, by reason (expired, evicted, deleted)",
-            ["model", "reason"], registry=r)
+            "rnnserve_sessions_ended",
+            "sessions that ended, by reason (expired, evicted, deleted)",
+            ["model", "reason"],
+            registry=r,
+        )
         self.seq_conflicts = Counter(
-            "rnnserve_seq_conflicts", "step requests refused with 409", ["model"], registry=r)
+            "rnnserve_seq_conflicts", "step requests refused with 409", ["model"], registry=r
+        )
         self.replays = Counter(
-            "rnnserve_replays", "duplicate step requests answered from the stored response", ["model"],
-            registry=r)
+            "rnnserve_replays",
+            "duplicate step requests answered from the stored response",
+            ["model"],
+            registry=r,
+        )
         self.anomalies = Counter(
-            "rnnserve_anomalies", "sensor readings flagged as anomalous", ["model", "version"], registry=r)
+            "rnnserve_anomalies", "sensor readings flagged as anomalous", ["model", "version"], registry=r
+        )
         self.unknown_tokens = Counter(
-            "rnnserve_unknown_tokens", "lm input words mapped to <unk>", ["model", "version"], registry=r)
+            "rnnserve_unknown_tokens", "lm input words mapped to <unk>", ["model", "version"], registry=r
+        )
         self.batch_failures = Counter(
-            "rnnserve_batch_failures", "ONNX Runtime calls that raised", ["model", "version"], registry=r)
+            "rnnserve_batch_failures", "ONNX Runtime calls that raised", ["model", "version"], registry=r
+        )
 
         # (method, route template, status) -> the children of `requests` and `request_latency`
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -66,7 +100,9 @@ class Metrics:
         children = self._request_children.get(key)
         if children is None:
             children = self._request_children[key] = (
-                self.requests.labels(method, route, str(status)), self.request_latency.labels(method, route))
+                self.requests.labels(method, route, str(status)),
+                self.request_latency.labels(method, route),
+            )
         return children
 
     def render(self) -> bytes:

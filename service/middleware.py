@@ -84,8 +84,12 @@ class RequestMiddleware:
     @staticmethod
     def claims(scope: Scope) -> bool:
         """Whether this middleware answers `scope` by itself, never calling the app (the hot path)."""
-        return (scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path")
-                and events_session_id(scope["path"]) is not None)
+        return (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and not scope.get("root_path")
+            and events_session_id(scope["path"]) is not None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -113,8 +117,10 @@ class RequestMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                message["headers"] = [*message.get("headers", []),
-                                      (REQUEST_ID_HEADER.encode(), request_id.encode())]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (REQUEST_ID_HEADER.encode(), request_id.encode()),
+                ]
             await send(message)
 
         try:
@@ -125,9 +131,12 @@ class RequestMiddleware:
                 return
             except _TooLarge:
                 response = render_error(
-                    413, "payload_too_large",
+                    413,
+                    "payload_too_large",
                     f"the request body is larger than the limit of {self.max_body_bytes} bytes",
-                    {"limit_bytes": self.max_body_bytes}, path=scope["path"])
+                    {"limit_bytes": self.max_body_bytes},
+                    path=scope["path"],
+                )
                 await response(scope, receive, send_with_id)
                 return
             if scope["method"] == "POST" and not scope.get("root_path"):
@@ -186,10 +195,20 @@ class RequestMiddleware:
         if access_log.isEnabledFor(level):
             client = scope.get("client")
             access_log.log(
-                level, "%s %s %d %.1fms", method, scope["path"], status, duration_s * 1000,
-                extra={"method": method, "path": scope["path"], "route": route, "status": status,
-                       "duration_ms": round(duration_s * 1000, 3),
-                       "client": f"{client[0]}:{client[1]}" if client else None},
+                level,
+                "%s %s %d %.1fms",
+                method,
+                scope["path"],
+                status,
+                duration_s * 1000,
+                extra={
+                    "method": method,
+                    "path": scope["path"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(duration_s * 1000, 3),
+                    "client": f"{client[0]}:{client[1]}" if client else None,
+                },
             )
 
 

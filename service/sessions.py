@@ -340,8 +340,7 @@ class SessionManager:
                 served = self._serve(self.registry.get(name, version))
             except ModelNotFound as exc:
                 raise ModelNotFound(
-                    f"session {record.session_id} is on {record.model_key}, which this server does "
-                    "not serve",
+                    f"session {record.session_id} is on {record.model_key}, which this server does not serve",
                     session_id=record.session_id,
                     model=name,
                     version=version,

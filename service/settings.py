@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     # batching
     max_batch_size: int = Field(256, ge=1, description="most sessions in one ONNX Runtime call")
     max_queue_delay_us: int = Field(
-        0, ge=0, le=1_000_000,
+        0,
+        ge=0,
+        le=1_000_000,
         description="how long a batch may wait for more requests once one is queued; "
         "it never waits when nothing else is queued",
     )
@@ -58,8 +60,7 @@ class Settings(BaseSettings):
     )
     snapshot_path: Path | None = Field(
         Path("var/sessions.snapshot"),
-        description="memory store: where sessions are written on shutdown and read at start "
-        "(empty disables)",
+        description="memory store: where sessions are written on shutdown and read at start (empty disables)",
     )
 
     # request limits

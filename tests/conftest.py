@@ -8,12 +8,16 @@ and the training tests train their own models.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    from training.model import Cell
+
 TINY_VOCAB = ["<unk>", "<eos>", *(f"w{i}" for i in range(38))]
 TINY_FEATURES = ["temperature", "pressure", "vibration"]
-CELLS = ("rnn", "gru", "lstm")
+CELLS: tuple[Cell, ...] = ("rnn", "gru", "lstm")
 
 
 @pytest.fixture(scope="session")
@@ -37,11 +41,27 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     for i, cell in enumerate(CELLS):
         torch.manual_seed(i)
-        lm = RecurrentNet(ModelSpec(task="lm", cell=cell, input_size=12, hidden=16, layers=2,
-                                    vocab_size=len(TINY_VOCAB), dense=12 if cell == "gru" else None,
-                                    tied=cell == "gru"))
+        lm = RecurrentNet(
+            ModelSpec(
+                task="lm",
+                cell=cell,
+                input_size=12,
+                hidden=16,
+                layers=2,
+                vocab_size=len(TINY_VOCAB),
+                dense=12 if cell == "gru" else None,
+                tied=cell == "gru",
+            )
+        )
         write_artifact(lm, root, f"lm-{cell}", "1", TaskData(vocab=TINY_VOCAB), summary)
-        net = RecurrentNet(ModelSpec(task="sensor", cell=cell, input_size=len(TINY_FEATURES), hidden=16,
-                                     layers=1 if cell == "rnn" else 2))
+        net = RecurrentNet(
+            ModelSpec(
+                task="sensor",
+                cell=cell,
+                input_size=len(TINY_FEATURES),
+                hidden=16,
+                layers=1 if cell == "rnn" else 2,
+            )
+        )
         write_artifact(net, root, f"sensor-{cell}", "1", TaskData(sensor=sensor), summary)
     return root

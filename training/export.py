@@ -219,8 +219,12 @@ def verify_export(
 def library_versions() -> dict[str, str]:
     import onnx
 
-    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-            "numpy": np.__version__}
+    return {
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "numpy": np.__version__,
+    }
 
 
 @dataclass(frozen=True)
@@ -266,17 +270,25 @@ def write_artifact(
         elif task_data.sensor is None:
             raise ValueError("a sensor artifact needs feature statistics and a calibration")
         spec = model.spec
-        metrics = {**training.metrics, "export_max_abs_diff": report.max_abs_diff_vs_torch,
-                   "export_step_vs_chunk_diff": report.max_abs_diff_step_vs_chunk,
-                   "export_max_scaled_diff": report.max_scaled_diff_vs_torch}
+        metrics = {
+            **training.metrics,
+            "export_max_abs_diff": report.max_abs_diff_vs_torch,
+            "export_step_vs_chunk_diff": report.max_abs_diff_step_vs_chunk,
+            "export_max_scaled_diff": report.max_scaled_diff_vs_torch,
+        }
         manifest = Manifest(
             name=name,
             version=version,
             task=spec.task,
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             architecture=Architecture(
-                cell=spec.cell, layers=spec.layers, hidden=spec.hidden, input_size=spec.input_size,
-                dense=spec.dense, tied=spec.tied, dropout=spec.dropout,
+                cell=spec.cell,
+                layers=spec.layers,
+                hidden=spec.hidden,
+                input_size=spec.input_size,
+                dense=spec.dense,
+                tied=spec.tied,
+                dropout=spec.dropout,
             ),
             onnx=onnx_spec(model, sha256_file(onnx_path)),
             lm=lm_spec,

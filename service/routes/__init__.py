@@ -15,8 +15,9 @@ def model_response(
 ) -> Response:
     """Serialize with pydantic's own JSON encoder: no second validation pass on the hot path, and a
     non-finite float becomes null instead of failing the response."""
-    return Response(model.model_dump_json(), status_code=status_code, headers=headers,
-                    media_type="application/json")
+    return Response(
+        model.model_dump_json(), status_code=status_code, headers=headers, media_type="application/json"
+    )
 
 
 # For the OpenAPI page: the statuses every authenticated v1 route may answer, all in the error shape.

@@ -23,8 +23,10 @@ def check_ready(request: Request) -> int:
     manager = manager_of(request)
     count = len(manager.models().models)
     if count == 0:
-        raise NotReady(f"no model is loaded from {request.app.state.settings.models_dir}",
-                       refused=dict(manager.registry.errors))
+        raise NotReady(
+            f"no model is loaded from {request.app.state.settings.models_dir}",
+            refused=dict(manager.registry.errors),
+        )
     return count
 
 

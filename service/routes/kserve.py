@@ -55,7 +55,10 @@ async def model_ready(
 @router.post("/models/{name}/infer", summary="Inference on the default version")
 @router.post("/models/{name}/versions/{version}/infer", summary="Inference")
 async def infer(
-    name: str, request: Request, owner: OwnerDep, manager: ManagerDep,
+    name: str,
+    request: Request,
+    owner: OwnerDep,
+    manager: ManagerDep,
     header_length: Annotated[int | None, Header(alias="Inference-Header-Content-Length")] = None,
     version: str | None = None,
 ) -> dict[str, Any]:

@@ -82,7 +82,11 @@ async def stream(websocket: WebSocket, session_id: str, token: str | None = None
 
 
 async def _answer(
-    websocket: WebSocket, manager: SessionManager, metrics: Metrics, session_id: str, owner: str | None,
+    websocket: WebSocket,
+    manager: SessionManager,
+    metrics: Metrics,
+    session_id: str,
+    owner: str | None,
     message: Mapping[str, Any],
 ) -> bool:
     """Apply one message and send its reply; False when the stream must end (server shutting down)."""

@@ -104,7 +104,6 @@ class Status(enum.IntEnum):
     GONE = 2  # ended (or ended and recreated) since the lookup
 
 
-
 @dataclass(slots=True)
 class Gathered:
     """One batch's read: state tensors [L, B, H] (C-contiguous; rows of sessions not READY are

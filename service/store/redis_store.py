@@ -153,8 +153,10 @@ class RedisStore:
             with self._guard():
                 info = await self.client.info("server")
         except StoreUnavailable:
-            log.error("session store: Redis at %s is down at start; requests answer 503 until it is up",
-                      self.availability.where)
+            log.error(
+                "session store: Redis at %s is down at start; requests answer 503 until it is up",
+                self.availability.where,
+            )
             return
         version = str(info.get("redis_version", "0"))
         if int(version.split(".")[0]) < 7:
@@ -204,8 +206,9 @@ class RedisStore:
         """What a script's {'gone', reason} / {'none'} means."""
         if _text(reply[0]) == "gone":
             reason = _text(reply[1])
-            return GONE_BY_REASON[reason](f"session {session_id} was {reason}", session_id=session_id,
-                                          reason=reason)
+            return GONE_BY_REASON[reason](
+                f"session {session_id} was {reason}", session_id=session_id, reason=reason
+            )
         return SessionNotFound(f"no session {session_id}", session_id=session_id)
 
     async def _ended(self, record: SessionRecord) -> NoReturn:
@@ -267,8 +270,20 @@ class RedisStore:
             with self._guard():
                 reply = await self._create(
                     keys=[self._s(sid), self._g(sid), part.zkey],
-                    args=[model_key, _owner_code(owner), gen, seq, blob, self.ttl_ms, self.gone_ms,
-                          s.max_sessions, s.capacity_policy, f"{self.prefix}s:", f"{self.prefix}g:", sid],
+                    args=[
+                        model_key,
+                        _owner_code(owner),
+                        gen,
+                        seq,
+                        blob,
+                        self.ttl_ms,
+                        self.gone_ms,
+                        s.max_sessions,
+                        s.capacity_policy,
+                        f"{self.prefix}s:",
+                        f"{self.prefix}g:",
+                        sid,
+                    ],
                 )
             kind = _text(reply[0])
             if kind == "ok":
@@ -335,8 +350,16 @@ class RedisStore:
         with self._guard():
             reply = await self._write(
                 keys=[self._s(record.session_id), self._g(record.session_id)],
-                args=[record.gen, "" if expect is None else expect, seq, blob, self.ttl_ms, self.gone_ms,
-                      f"{self.prefix}z:", record.session_id],
+                args=[
+                    record.gen,
+                    "" if expect is None else expect,
+                    seq,
+                    blob,
+                    self.ttl_ms,
+                    self.gone_ms,
+                    f"{self.prefix}z:",
+                    record.session_id,
+                ],
             )
         kind = _text(reply[0])
         if kind == "gone":

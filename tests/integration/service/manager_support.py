@@ -62,7 +62,8 @@ class Reference:
         spec = self.manifest.sensor
         assert spec is not None
         raw = np.asarray(events, np.float64)
-        return ((raw - np.asarray(spec.mean)) / np.asarray(spec.std)).astype(np.float32)[None]
+        x: np.ndarray = ((raw - np.asarray(spec.mean)) / np.asarray(spec.std)).astype(np.float32)[None]
+        return x
 
     def run(
         self, events: list[Any], state: list[np.ndarray]
@@ -83,7 +84,10 @@ class Reference:
             return [words[i] for i in rng.integers(0, len(words), count)]
         spec = self.manifest.sensor
         assert spec is not None
-        return (np.asarray(spec.mean) + rng.standard_normal((count, len(spec.mean))) * spec.std).tolist()
+        readings: list[Any] = (
+            np.asarray(spec.mean) + rng.standard_normal((count, len(spec.mean))) * spec.std
+        ).tolist()
+        return readings
 
 
 def body(task: str, events: list[Any], seq: int | None = None, **extra: Any) -> dict[str, Any]:
@@ -160,4 +164,5 @@ def check_outputs(ref: Reference, events: list[Any], outputs: list[Any], fresh: 
         score = 0.5 * float(np.sum(math.log(2 * math.pi) + lv + (x[t] - m) ** 2 / np.exp(lv)))
         assert out.score == pytest.approx(score, abs=1e-4)
         assert out.probability == pytest.approx(spec.calibration.probability(score), abs=1e-5)
+        assert out.probability is not None
         assert out.is_anomaly == (out.probability >= 0.5)

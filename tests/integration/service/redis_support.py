@@ -50,12 +50,10 @@ class RedisServer:
         persistence = durable if self.durable else ["--appendonly", "no"]
         assert REDIS_SERVER is not None
         with (self.workdir / "redis.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence,
-                 "--dir", str(self.workdir), "--protected-mode", "no", "--loglevel", "warning"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                    *persistence, "--dir", str(self.workdir), "--protected-mode", "no",
+                    "--loglevel", "warning"]  # fmt: skip
+            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while True:
             try:

@@ -104,10 +104,10 @@ async def test_two_replicas_racing_on_one_session_apply_each_step_exactly_once(
             assert (await b.get(sid, None)).seq == count
         got = state_of((await b.export_state(sid, None)).state, ref)
     assert np.array_equal(got, final_state(ref, applied))  # bit for bit: B = 1 throughout
-    both = [ma, mb]
-    assert total(both, "rnnserve_events_total", {"model": name, "version": "1"}) == count
-    assert total(both, "rnnserve_replays_total", {"model": name}) == 3 * 4  # 3 of 4 per "same" round
-    assert total(both, "rnnserve_seq_conflicts_total", {"model": name}) == conflicts
+    both_metrics = [ma, mb]
+    assert total(both_metrics, "rnnserve_events_total", {"model": name, "version": "1"}) == count
+    assert total(both_metrics, "rnnserve_replays_total", {"model": name}) == 3 * 4  # 3 of 4 per "same" round
+    assert total(both_metrics, "rnnserve_seq_conflicts_total", {"model": name}) == conflicts
 
 
 async def test_a_session_moves_between_replicas_with_identical_outputs(

@@ -29,8 +29,8 @@ async def test_interleaved_single_steps_batch_and_match_whole_sequences(
     async with running(make_settings(max_batch_size=64), metrics=metrics) as manager:
         ids = [(await manager.create(schemas.CreateSession(model=name), None)).session_id for _ in streams]
 
-        async def stream(session_id: str, events: list[Any]) -> list[Any]:
-            outputs = []
+        async def stream(session_id: str, events: list[Any]) -> list[schemas.LmOutput | schemas.SensorOutput]:
+            outputs: list[schemas.LmOutput | schemas.SensorOutput] = []
             for event in events:
                 response = await manager.step(session_id, None, body(ref.task, [event]))
                 outputs.extend(response.outputs)

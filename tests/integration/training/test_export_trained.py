@@ -13,13 +13,13 @@ from training.data.streams import batchify
 from training.data.synthetic import WEEK, generate
 from training.distributed import DistContext
 from training.export import ExportMismatch, export_onnx, verify_export
-from training.model import ModelSpec, RecurrentNet
+from training.model import Cell, ModelSpec, RecurrentNet, Task
 from training.tasks.lm import lm_loss, token_streams
 from training.tasks.sensor import pairs, sensor_loss
 from training.tbptt import fit
 
 pytestmark = pytest.mark.integration
-CELLS = ("rnn", "gru", "lstm")
+CELLS: tuple[Cell, ...] = ("rnn", "gru", "lstm")
 
 
 def _train(spec: ModelSpec, tmp_path: Path) -> RecurrentNet:
@@ -47,7 +47,7 @@ def _train(spec: ModelSpec, tmp_path: Path) -> RecurrentNet:
     return model.eval()
 
 
-def _spec(task: str, cell: str) -> ModelSpec:
+def _spec(task: Task, cell: Cell) -> ModelSpec:
     if task == "lm":  # a dense layer and tied embeddings on one of them
         return ModelSpec(
             task="lm",
@@ -55,7 +55,7 @@ def _spec(task: str, cell: str) -> ModelSpec:
             input_size=10,
             hidden=16,
             layers=2,
-            vocab_size=30,  # type: ignore[arg-type]
+            vocab_size=30,
             dense=10 if cell == "gru" else None,
             tied=cell == "gru",
             dropout=0.1,
@@ -65,14 +65,14 @@ def _spec(task: str, cell: str) -> ModelSpec:
         cell=cell,
         input_size=4,
         hidden=12,
-        layers=1 if cell == "rnn" else 2,  # type: ignore[arg-type]
+        layers=1 if cell == "rnn" else 2,
         dense=8 if cell == "lstm" else None,
     )
 
 
 @pytest.mark.parametrize("task", ["lm", "sensor"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_trained_model_exports_and_verifies(task: str, cell: str, tmp_path: Path) -> None:
+def test_trained_model_exports_and_verifies(task: Task, cell: Cell, tmp_path: Path) -> None:
     model = _train(_spec(task, cell), tmp_path)
     path = tmp_path / "model.onnx"
     export_onnx(model, path)

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -23,14 +24,14 @@ pytestmark = pytest.mark.integration
 TRAIN_ARGS = ["--epochs", "2", "--batch-size", "4", "--bptt", "8", "--threads", "1", "--no-progress"]
 
 
-def _bare_session(artifact: Path) -> tuple[dict, ort.InferenceSession]:
+def _bare_session(artifact: Path) -> tuple[dict[str, Any], ort.InferenceSession]:
     manifest = json.loads((artifact / "manifest.json").read_text(encoding="utf-8"))
     onnx_path = artifact / manifest["onnx"]["file"]
     assert hashlib.sha256(onnx_path.read_bytes()).hexdigest() == manifest["onnx"]["sha256"]
     return manifest, ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
 
 
-def _zero_states(manifest: dict, batch: int) -> dict[str, np.ndarray]:
+def _zero_states(manifest: dict[str, Any], batch: int) -> dict[str, np.ndarray]:
     """Initial states from the manifest's declared shapes: [L, "B", H] with B filled in."""
     return {
         s["input"]: np.zeros([batch if d == "B" else d for d in s["shape"]], dtype=np.float32)

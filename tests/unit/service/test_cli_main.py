@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -82,9 +83,12 @@ def test_a_missing_extra_is_named_with_its_install_command(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # hide the benchmark package from the import system, as on a serving-only install
-    real_find_spec = cli.importlib.util.find_spec
-    monkeypatch.setattr(cli.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "benchmarks" else real_find_spec(name, *a))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "benchmarks" else real_find_spec(name, *a),
+    )
     code, _, err = run(["bench", "--quick"], capsys)
     assert code == 2
     assert "lacks benchmarks" in err and "pip install 'rnnserve[bench]'" in err

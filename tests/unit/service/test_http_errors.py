@@ -17,18 +17,18 @@ def test_service_errors_render_status_code_headers_and_details() -> None:
     response = error_response(CapacityExceeded("full", retry_after_s=3, limit=10), "/v1/sessions")
     assert response.status_code == 429
     assert response.headers["retry-after"] == "3"
-    assert json.loads(response.body) == {
+    assert json.loads(bytes(response.body)) == {
         "error": {"code": "capacity_exceeded", "message": "full", "details": {"limit": 10}}
     }
-    conflict = json.loads(error_response(SequenceConflict("no", expected_seq=4)).body)
+    conflict = json.loads(bytes(error_response(SequenceConflict("no", expected_seq=4)).body))
     assert conflict["error"]["details"] == {"expected_seq": 4}
 
 
 def test_kserve_paths_get_the_v2_error_shape() -> None:
     response = error_response(SessionExpired("sequence 7 expired"), "/v2/models/lm/infer")
     assert response.status_code == 410
-    assert json.loads(response.body) == {"error": "sequence 7 expired", "code": "session_expired"}
-    assert "details" in json.loads(error_response(SessionExpired("x"), "/v2x").body)["error"]
+    assert json.loads(bytes(response.body)) == {"error": "sequence 7 expired", "code": "session_expired"}
+    assert "details" in json.loads(bytes(error_response(SessionExpired("x"), "/v2x").body))["error"]
 
 
 def test_non_finite_details_become_strings() -> None:
@@ -39,7 +39,7 @@ def test_non_finite_details_become_strings() -> None:
 
 
 def test_internal_errors_name_the_request_id_only() -> None:
-    body = json.loads(internal_error_response("req-1").body)
+    body = json.loads(bytes(internal_error_response("req-1").body))
     assert body["error"]["code"] == "internal_error"
     assert body["error"]["details"] == {"request_id": "req-1"}
 

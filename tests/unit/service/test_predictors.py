@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
 import pytest
@@ -25,7 +26,12 @@ def registry(tiny_models_dir: Path) -> Registry:
     return registry
 
 
-def lm(registry: Registry, **limits: int) -> tuple[LmPredictor, LoadedModel]:
+class Limits(TypedDict, total=False):
+    max_top_k: int
+    max_events_per_request: int
+
+
+def lm(registry: Registry, **limits: Unpack[Limits]) -> tuple[LmPredictor, LoadedModel]:
     model = registry.get("lm-gru")
     predictor = make_predictor(model, Settings(snapshot_path=None, **limits))
     assert isinstance(predictor, LmPredictor)

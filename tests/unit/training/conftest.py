@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from training.config import TrainConfig
-from training.model import ModelSpec, RecurrentNet
+from training.model import Cell, ModelSpec, RecurrentNet
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -18,18 +18,18 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _tiny_lm(cell: str = "lstm", vocab: int = 20, dropout: float = 0.0, seed: int = 0) -> RecurrentNet:
+def _tiny_lm(cell: Cell = "lstm", vocab: int = 20, dropout: float = 0.0, seed: int = 0) -> RecurrentNet:
     torch.manual_seed(seed)
     return RecurrentNet(
         ModelSpec(task="lm", cell=cell, input_size=8, hidden=12, layers=2, vocab_size=vocab, dropout=dropout)
-    )  # type: ignore[arg-type]
+    )
 
 
 def _quiet_config(tmp_path: Path, **changes: object) -> TrainConfig:
     base = TrainConfig(
         epochs=2, batch_size=4, bptt=6, lr=1e-2, threads=1, progress=False, checkpoint_dir=tmp_path / "ckpt"
     )
-    return TrainConfig(**{**base.__dict__, **changes})  # type: ignore[arg-type]
+    return TrainConfig(**{**base.__dict__, **changes})
 
 
 @pytest.fixture

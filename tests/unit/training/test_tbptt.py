@@ -83,7 +83,7 @@ def test_padded_positions_contribute_nothing(tiny_lm: Callable[..., RecurrentNet
         model.zero_grad()
         (log_probs,), _ = model(s.inputs, model.init_state(4))
         total, count = lm_loss((log_probs,), s.targets, s.mask)
-        (total / count).backward()
+        (total / count).backward()  # type: ignore[no-untyped-call]
         return total.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     # Padding sits at the end of a stream, so no real position ever sees a padded input.
