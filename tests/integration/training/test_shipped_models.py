@@ -30,19 +30,20 @@ WIKITEXT = MODELS.parents[1] / "shared" / "data" / "wikitext-2"
 CHUNK = 512  # time steps per ONNX Runtime call; the state carries across calls, so any length is exact
 
 
-def _artifact(name: str) -> tuple[dict[str, Any], ort.InferenceSession]:
-    versions = sorted((MODELS / name).iterdir(), key=lambda p: int(p.name))
-    artifact = versions[-1]
+def _newest(name: str) -> Path:
+    return max((MODELS / name).iterdir(), key=lambda p: int(p.name))
+
+
+def _open_bare(artifact: Path) -> tuple[dict[str, Any], ort.InferenceSession]:
     manifest = json.loads((artifact / "manifest.json").read_text(encoding="utf-8"))
     onnx_bytes = (artifact / manifest["onnx"]["file"]).read_bytes()
-    assert len(onnx_bytes) < 15 * 2**20, "shipped models stay under 15 MB"
+    assert sum(f.stat().st_size for f in artifact.iterdir()) < 15 * 2**20, "shipped models stay under 15 MB"
     assert hashlib.sha256(onnx_bytes).hexdigest() == manifest["onnx"]["sha256"]
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == [i["name"] for i in manifest["onnx"]["inputs"]]
     assert [o.name for o in session.get_outputs()] == [o["name"] for o in manifest["onnx"]["outputs"]]
-    manifest["_dir"] = artifact
     return manifest, session
 
 
@@ -66,9 +67,10 @@ def _chunks(
 @pytest.mark.skipif(not WIKITEXT.is_dir(), reason=f"WikiText-2 is not at {WIKITEXT} (see README: data)")
 @pytest.mark.parametrize("split", ["valid", "test"])
 def test_lm_perplexity_in_the_manifest_is_what_the_artifact_scores(split: str) -> None:
-    manifest, session = _artifact("lm")
+    artifact = _newest("lm")
+    manifest, session = _open_bare(artifact)
     lm = manifest["lm"]
-    vocab = (manifest["_dir"] / lm["vocab_file"]).read_text(encoding="utf-8").splitlines()
+    vocab = (artifact / lm["vocab_file"]).read_text(encoding="utf-8").splitlines()
     assert len(vocab) == lm["vocab_size"] and vocab[:2] == [lm["unk_token"], lm["eos_token"]]
     index = {word: i for i, word in enumerate(vocab)}
     pattern = re.compile(lm["tokenizer"]["pattern"])
@@ -96,7 +98,7 @@ def test_lm_perplexity_in_the_manifest_is_what_the_artifact_scores(split: str) -
 
 
 def test_sensor_detection_figures_in_the_manifest_are_what_the_artifact_scores() -> None:
-    manifest, session = _artifact("sensor")
+    manifest, session = _open_bare(_newest("sensor"))
     sensor, data = manifest["sensor"], manifest["training"]["config"]["data"]
     assert data["source"] == "synthetic"
     weeks, eval_weeks = int(data["synthetic_weeks"] * WEEK), int(data.get("synthetic_eval_weeks", 12) * WEEK)
