@@ -418,10 +418,11 @@ class MemoryStore:
         self._trim_tombstones(now)
         return expired
 
-    def tombstones(self) -> Iterator[tuple[str, str, str | None, float]]:
-        """Ended ids still answered with 410: (session id, reason, owner, wall-clock time it is forgotten)."""
+    def tombstones(self) -> Iterator[tuple[str, str, int, float]]:
+        """Ended ids still answered with 410: (session id, reason, owner as an index into `owners`,
+        wall-clock time it is forgotten)."""
         for key, reason, owner, until in self._gone.live(self.clock()):
-            yield key_to_id(key), reason, self._owners[owner], self.wall_offset + until
+            yield key_to_id(key), reason, owner, self.wall_offset + until
 
     def remember_ended(self, session_id: str, reason: str, owner: str | None, until_wall: float) -> None:
         """Restore a tombstone written by `tombstones` (a live session of that id keeps precedence)."""

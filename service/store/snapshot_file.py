@@ -104,17 +104,16 @@ def save_sessions(store: MemoryStore, path: Path) -> int:
 
 
 def _tombstone_arrays(store: MemoryStore) -> dict[str, np.ndarray]:
-    owner_index = {owner: i for i, owner in enumerate(store.owners)}
     ids, reasons, owners, until = [], [], [], []
     for session_id, reason, owner, until_wall in store.tombstones():
         ids.append(session_id)
         reasons.append(reason)
-        owners.append(owner_index[owner])
+        owners.append(owner)
         until.append(until_wall)
     return {
         "gone.ids": np.array(ids, dtype=np.str_),
         "gone.reason": np.array(reasons, dtype=np.str_),
-        "gone.owner": np.array(owners, dtype=np.int64),
+        "gone.owner": np.array(owners, dtype=np.int64),  # index into the header's owners, like p<i>.owner
         "gone.until": np.array(until, dtype=np.float64),
     }
 

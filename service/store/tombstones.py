@@ -12,8 +12,6 @@ from collections.abc import Iterator
 
 from service.store.base import SessionKey
 
-REASONS = ("expired", "evicted", "deleted")
-
 
 class Tombstones:
     def __init__(self) -> None:
