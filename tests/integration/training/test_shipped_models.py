@@ -8,8 +8,6 @@ what training wrote into the manifest (and the README quotes), so a stale or mis
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import re
 from collections.abc import Iterator
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
+from bare_artifact import open_bare, zero_states
 
 from training.calibration import Scored, detect
 from training.data.synthetic import ANOMALY_TYPES, WEEK, generate
@@ -30,32 +29,18 @@ WIKITEXT = MODELS.parents[1] / "shared" / "data" / "wikitext-2"
 CHUNK = 512  # time steps per ONNX Runtime call; the state carries across calls, so any length is exact
 
 
-def _newest(name: str) -> Path:
-    return max((MODELS / name).iterdir(), key=lambda p: int(p.name))
-
-
-def _open_bare(artifact: Path) -> tuple[dict[str, Any], ort.InferenceSession]:
-    manifest = json.loads((artifact / "manifest.json").read_text(encoding="utf-8"))
-    onnx_bytes = (artifact / manifest["onnx"]["file"]).read_bytes()
+def _shipped(name: str) -> Path:
+    """The newest version of a shipped model, checked against the size bound for committed models."""
+    artifact = max((MODELS / name).iterdir(), key=lambda p: int(p.name))
     assert sum(f.stat().st_size for f in artifact.iterdir()) < 15 * 2**20, "shipped models stay under 15 MB"
-    assert hashlib.sha256(onnx_bytes).hexdigest() == manifest["onnx"]["sha256"]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == [i["name"] for i in manifest["onnx"]["inputs"]]
-    assert [o.name for o in session.get_outputs()] == [o["name"] for o in manifest["onnx"]["outputs"]]
-    return manifest, session
+    return artifact
 
 
 def _chunks(
     manifest: dict[str, Any], session: ort.InferenceSession, x: np.ndarray
 ) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
     """Run x [B, N, ...] from zero states CHUNK steps per call: (time slice, outputs of that call)."""
-    batch = x.shape[0]
-    states = {
-        s["input"]: np.zeros([batch if d == "B" else d for d in s["shape"]], dtype=np.float32)
-        for s in manifest["onnx"]["states"]
-    }
+    states = zero_states(manifest, x.shape[0])
     names = [o.name for o in session.get_outputs()]
     for start in range(0, x.shape[1], CHUNK):
         window = slice(start, start + CHUNK)
@@ -67,8 +52,8 @@ def _chunks(
 @pytest.mark.skipif(not WIKITEXT.is_dir(), reason=f"WikiText-2 is not at {WIKITEXT} (see README: data)")
 @pytest.mark.parametrize("split", ["valid", "test"])
 def test_lm_perplexity_in_the_manifest_is_what_the_artifact_scores(split: str) -> None:
-    artifact = _newest("lm")
-    manifest, session = _open_bare(artifact)
+    artifact = _shipped("lm")
+    manifest, session = open_bare(artifact, threads=2)
     lm = manifest["lm"]
     vocab = (artifact / lm["vocab_file"]).read_text(encoding="utf-8").splitlines()
     assert len(vocab) == lm["vocab_size"] and vocab[:2] == [lm["unk_token"], lm["eos_token"]]
@@ -98,7 +83,7 @@ def test_lm_perplexity_in_the_manifest_is_what_the_artifact_scores(split: str) -
 
 
 def test_sensor_detection_figures_in_the_manifest_are_what_the_artifact_scores() -> None:
-    manifest, session = _open_bare(_newest("sensor"))
+    manifest, session = open_bare(_shipped("sensor"), threads=2)
     sensor, data = manifest["sensor"], manifest["training"]["config"]["data"]
     assert data["source"] == "synthetic"
     weeks, eval_weeks = int(data["synthetic_weeks"] * WEEK), int(data.get("synthetic_eval_weeks", 12) * WEEK)

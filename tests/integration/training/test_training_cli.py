@@ -8,12 +8,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
+from bare_artifact import open_bare, zero_states
 
 from training import checkpoint
 from training.cli import main
@@ -22,21 +21,6 @@ from training.tasks.sensor import score
 
 pytestmark = pytest.mark.integration
 TRAIN_ARGS = ["--epochs", "2", "--batch-size", "4", "--bptt", "8", "--threads", "1", "--no-progress"]
-
-
-def _bare_session(artifact: Path) -> tuple[dict[str, Any], ort.InferenceSession]:
-    manifest = json.loads((artifact / "manifest.json").read_text(encoding="utf-8"))
-    onnx_path = artifact / manifest["onnx"]["file"]
-    assert hashlib.sha256(onnx_path.read_bytes()).hexdigest() == manifest["onnx"]["sha256"]
-    return manifest, ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-
-
-def _zero_states(manifest: dict[str, Any], batch: int) -> dict[str, np.ndarray]:
-    """Initial states from the manifest's declared shapes: [L, "B", H] with B filled in."""
-    return {
-        s["input"]: np.zeros([batch if d == "B" else d for d in s["shape"]], dtype=np.float32)
-        for s in manifest["onnx"]["states"]
-    }
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +35,7 @@ def lm_run(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_lm_artifact_runs_in_a_bare_session_guided_by_the_manifest(lm_run: Path, corpus_dir: Path) -> None:
     artifact = lm_run / "models" / "lm" / "1"
-    manifest, session = _bare_session(artifact)
+    manifest, session = open_bare(artifact)
     assert manifest["task"] == "lm" and manifest["architecture"]["tied"] is True
     vocab = (artifact / manifest["lm"]["vocab_file"]).read_text(encoding="utf-8").splitlines()
     assert len(vocab) == manifest["lm"]["vocab_size"] == 12
@@ -70,7 +54,7 @@ def test_lm_artifact_runs_in_a_bare_session_guided_by_the_manifest(lm_run: Path,
     ids = np.array([[vocab.index(t) if t in vocab else 0 for t in tokens]], dtype=np.int64)
     names = [o.name for o in session.get_outputs()]
     assert names == [o["name"] for o in manifest["onnx"]["outputs"]]
-    out = dict(zip(names, session.run(None, {"x": ids, **_zero_states(manifest, 1)}), strict=True))
+    out = dict(zip(names, session.run(None, {"x": ids, **zero_states(manifest, 1)}), strict=True))
     assert out["log_probs"].shape == (1, len(tokens), 12)
     assert np.allclose(np.exp(out["log_probs"]).sum(-1), 1.0, atol=1e-5)
     # the same numbers as the trained PyTorch model in the run's checkpoint
@@ -100,7 +84,7 @@ def test_sensor_artifact_scores_like_training_and_holds_the_calibration(tmp_path
             "--hidden", "12", "--out", str(tmp_path / "models"), "--checkpoint-dir", str(tmp_path / "ckpt"),
             *TRAIN_ARGS]  # fmt: skip
     assert main(argv) == 0
-    manifest, session = _bare_session(tmp_path / "models" / "sensor" / "1")
+    manifest, session = open_bare(tmp_path / "models" / "sensor" / "1")
     sensor = manifest["sensor"]
     calibration = sensor["calibration"]
     assert sensor["features"] == ["temperature", "humidity", "power", "vibration"]
@@ -114,7 +98,7 @@ def test_sensor_artifact_scores_like_training_and_holds_the_calibration(tmp_path
     expected = score(checkpoint.load(tmp_path / "ckpt" / "best.pt").build_model(), [series], mean, std)[
         0
     ].scores
-    state = _zero_states(manifest, 1)
+    state = zero_states(manifest, 1)
     names = [o.name for o in session.get_outputs()]
     prediction, got = None, []
     for reading in series.values[:200]:
@@ -158,7 +142,7 @@ def test_sensor_from_csv_with_and_without_labels(tmp_path: Path, labelled: bool)
             "--hidden", "8", "--out", str(tmp_path / "models"), "--checkpoint-dir", str(tmp_path / "ckpt"),
             *TRAIN_ARGS]  # fmt: skip
     assert main(argv) == 0
-    manifest, _ = _bare_session(tmp_path / "models" / "sensor" / "1")
+    manifest, _ = open_bare(tmp_path / "models" / "sensor" / "1")
     assert manifest["sensor"]["features"] == ["t_room", "rh", "kw", "mm_s"]
     train_rows = series.values[: round(len(series.values) * 0.4)]
     assert np.allclose(manifest["sensor"]["mean"], np.nanmean(train_rows, axis=0), atol=1e-3)
