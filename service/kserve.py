@@ -19,7 +19,8 @@ sequence, and the sequence's state lives on the server between requests.
   `Inference-Header-Content-Length` and `parameters.binary_data_size`). One sequence per request.
 - outputs (JSON data; a null where the API v1 answer has null, e.g. the first event's score):
   lm:     TOKEN_LOGPROB FP32 [1, T], TOPK_IDS INT64 [1, T, k], TOPK_PROBS FP32 [1, T, k]
-          (k: request parameter `top_k`, default 5)
+          (k: request parameter `top_k`, default 5; `<unk>` and `<eos>` included unless the
+          parameter `include_special` is false)
   sensor: PREDICTED_MEAN FP32 [1, T, F], PREDICTED_STD FP32 [1, T, F], SCORE FP32 [1, T],
           PROBABILITY FP32 [1, T], IS_ANOMALY BOOL [1, T]
 """
@@ -195,8 +196,13 @@ async def infer(
         bad = [i for i in ids if not 0 <= i < len(vocab)]
         if bad:
             raise InvalidInput(f"token ids must lie in [0, {len(vocab)})", ids=bad[:10])
-        top_k = (request.get("parameters") or {}).get("top_k", DEFAULT_TOP_K)
-        payload = {"tokens": [vocab[i] for i in ids], "top_k": top_k}
+        parameters = request.get("parameters") or {}
+        # a V2 client reads ids: the model's own top-k, specials included, unless it asks otherwise
+        payload = {
+            "tokens": [vocab[i] for i in ids],
+            "top_k": parameters.get("top_k", DEFAULT_TOP_K),
+            "include_special": parameters.get("include_special", True),
+        }
     else:
         payload = {"readings": x[0].astype(np.float64).tolist()}
     if sequence_id is None:

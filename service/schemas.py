@@ -80,6 +80,9 @@ class LmEvents(_Request):
     tokens: list[str] | None = None
     text: str | None = None
     top_k: int = Field(default=5, ge=0)
+    # `<unk>` and `<eos>` among the suggestions; without, the top_k other words (each with the
+    # model's own probability, not renormalized)
+    include_special: bool = False
 
     @model_validator(mode="after")
     def _one_source(self) -> LmEvents:
@@ -134,11 +137,12 @@ class GenerateRequest(_Request):
     seed: int | None = None
     commit: bool = False
     stop_at_eos: bool = True
+    include_special: bool = False  # may sample `<unk>`, and `<eos>` without stop_at_eos
 
 
 class GenerateResponse(BaseModel):
-    tokens: list[str]
-    text: str
+    tokens: list[str]  # as the model sees them (WikiText's tokenization)
+    text: str  # the tokens as readable text: `well @-@ known , and` -> `well-known, and`
     seq: int
 
 

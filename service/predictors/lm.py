@@ -21,6 +21,7 @@ from service import schemas
 from service.errors import InvalidInput
 from service.metrics import Metrics
 from service.predictors.base import Decoded, check_event_count, fingerprint, validate
+from service.predictors.detok import detokenize
 from service.registry import LoadedModel
 from service.runner import StepResult
 from service.settings import Settings
@@ -34,6 +35,7 @@ class LmContext:
     tokens: list[str]
     unknown: np.ndarray  # bool [T]
     top_k: int
+    include_special: bool  # `<unk>` and `<eos>` may be suggested
 
 
 class LmPredictor:
@@ -46,6 +48,7 @@ class LmPredictor:
         self.index = model.vocab_index
         self.unk_id = self.index[spec.unk_token]
         self.eos_id = self.index[spec.eos_token]
+        self.special_ids = (self.unk_id, self.eos_id)
         self.pattern = re.compile(spec.tokenizer.pattern)
         self.lowercase = spec.tokenizer.lowercase
         self.settings = settings
@@ -67,9 +70,15 @@ class LmPredictor:
         if self.unknown_counter is not None and unknown.any():
             self.unknown_counter.inc(int(unknown.sum()))
         top_k = min(request.top_k, self.settings.max_top_k, len(self.vocab))
-        fp = 0 if request.seq is None else fingerprint("\x00".join(tokens).encode(), str(top_k).encode())
-        context = LmContext(tokens, unknown, top_k)
-        return Decoded(x=ids, seq=request.seq, fingerprint=fp, context=context, param=top_k)
+        special = request.include_special
+        fp = 0
+        if request.seq is not None:
+            fp = fingerprint("\x00".join(tokens).encode(), f"{top_k}:{special:d}".encode())
+        context = LmContext(tokens, unknown, top_k, special)
+        # without the specials, ask the batch for as many more candidates as there are specials, so
+        # that k others remain after leaving them out
+        wanted = top_k if special or top_k == 0 else min(top_k + len(self.special_ids), len(self.vocab))
+        return Decoded(x=ids, seq=request.seq, fingerprint=fp, context=context, param=wanted)
 
     def postprocess(self, outputs: list[np.ndarray], x: np.ndarray, params: np.ndarray) -> list[np.ndarray]:
         """[log_probs [B, T, V], log_probs_in [B, V], came [B, T], top ids [B, T, k], top probs [B, T, k]].
@@ -93,6 +102,13 @@ class LmPredictor:
             logprob[0] = None
         k, vocab = ctx.top_k, self.vocab
         ids, unknown = decoded.x.tolist(), ctx.unknown.tolist()
+        top_list, prob_list = top_ids.tolist(), top_probs.tolist()
+        if not ctx.include_special:
+            skip = self.special_ids
+            for row, (nxt, probs) in enumerate(zip(top_list, prob_list, strict=True)):
+                if skip[0] in nxt[:k] or skip[1] in nxt[:k]:  # else nxt[:k] has none
+                    kept = [(i, p) for i, p in zip(nxt, probs, strict=True) if i not in skip]
+                    top_list[row], prob_list[row] = [i for i, _ in kept], [p for _, p in kept]
         return [
             {
                 "token": token,
@@ -102,7 +118,7 @@ class LmPredictor:
                 "next": [{"token": vocab[i], "prob": p} for i, p in zip(nxt[:k], probs[:k], strict=True)],
             }
             for token, token_id, unk, lp, nxt, probs in zip(
-                ctx.tokens, ids, unknown, logprob, top_ids.tolist(), top_probs.tolist(), strict=True
+                ctx.tokens, ids, unknown, logprob, top_list, prob_list, strict=True
             )
         ]
 
@@ -119,6 +135,7 @@ class LmPredictor:
         The first distribution is the prediction from the session's state (the graph's `log_probs_in`,
         one call with a placeholder id whose other outputs are discarded); each sampled id is then fed
         back, one call per token. `<eos>` ends generation when asked, and is neither returned nor fed.
+        Without `include_special`, `<unk>` is never sampled, nor `<eos>` unless it ends generation.
         """
         if request.max_tokens > self.settings.max_generate_tokens:
             raise InvalidInput(
@@ -126,10 +143,16 @@ class LmPredictor:
                 limit=self.settings.max_generate_tokens,
             )
         rng = np.random.default_rng(request.seed)
+        banned: list[int] = []
+        if not request.include_special:
+            banned = [self.unk_id] if request.stop_at_eos else [self.unk_id, self.eos_id]
         first = await step(np.array([self.eos_id], np.int64), state)
         dist = first.outputs[1]  # log_probs_in [V]: the prediction from `state`
         generated: list[int] = []
         for _ in range(request.max_tokens):
+            if banned:
+                dist = dist.copy()
+                dist[banned] = -np.inf
             token = sample(dist, request.temperature, request.top_k, rng)
             if request.stop_at_eos and token == self.eos_id:
                 break
@@ -140,8 +163,9 @@ class LmPredictor:
         return generated, state
 
     def join(self, ids: list[int]) -> tuple[list[str], str]:
+        """The tokens as the model sees them, and as readable text."""
         tokens = [self.vocab[i] for i in ids]
-        return tokens, " ".join(tokens)
+        return tokens, detokenize(tokens, self.vocab[self.eos_id])
 
 
 def top_k(log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

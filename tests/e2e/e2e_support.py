@@ -133,15 +133,18 @@ class Reference:
         names = [o.name for o in self.session.get_outputs()]
         return dict(zip(names, self.session.run(names, feed), strict=True))
 
-    def lm(self, tokens: list[str], top_k: int) -> list[dict[str, Any]]:
+    def lm(self, tokens: list[str], top_k: int, include_special: bool = False) -> list[dict[str, Any]]:
+        """`next`: the top_k of the full distribution, `<unk>` and `<eos>` left out unless included."""
         assert self.manifest.lm is not None
         index = {t: i for i, t in enumerate(self.vocab)}
         unk = index[self.manifest.lm.unk_token]
+        specials = set() if include_special else {unk, index[self.manifest.lm.eos_token]}
         ids = [index.get(t, unk) for t in tokens]
         log_probs = self._run(np.asarray([ids], np.int64))["log_probs"][0].astype(np.float64)  # [T, V]
         expected = []
         for t, token_id in enumerate(ids):
-            order = np.argsort(-log_probs[t], kind="stable")[:top_k]
+            ranked = np.argsort(-log_probs[t], kind="stable")
+            order = [i for i in ranked if i not in specials][:top_k]
             expected.append(
                 {
                     "token": tokens[t],

@@ -80,7 +80,7 @@ def test_lm_sequence_start_continue_end(client: httpx.Client, references: dict[s
     top_ids = np.concatenate([g["TOPK_IDS"][0] for g in got])
     top_probs = np.concatenate([g["TOPK_PROBS"][0] for g in got])
     reference = references["lm-gru"]
-    expected = reference.lm([reference.vocab[i] for i in ids[0]], 4)
+    expected = reference.lm([reference.vocab[i] for i in ids[0]], 4, include_special=True)
     assert np.isnan(logprob[0])
     for t, want in enumerate(expected):
         if t:

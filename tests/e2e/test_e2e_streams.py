@@ -20,10 +20,13 @@ from e2e_support import (
     StartServer,
     auth,
     check,
+    check_lm,
     event_body,
     make_events,
     metric_samples,
 )
+
+from service.predictors.detok import detokenize
 
 pytestmark = pytest.mark.e2e
 
@@ -158,5 +161,25 @@ def test_shipped_models_stream_like_the_reference(tmp_path: Path) -> None:
             if (p.parent.name, p.name) in defaults
         }
         run_interleaved(server.url, shipped, dict.fromkeys(shipped, 2), {})
+        _check_clean_lm_answers(server.url, shipped["lm"])
     finally:
         assert server.stop() == 0, server.log()
+
+
+def _check_clean_lm_answers(url: str, reference: Reference) -> None:
+    """After "the" the shipped lm's favourite is `<unk>`: left out by default, there when asked; a
+    generated `text` is readable while its `tokens` stay WikiText's."""
+    with httpx.Client(base_url=url, timeout=30) as client:
+        sid = client.post("/v1/sessions", json={"model": "lm"}).json()["session_id"]
+        events = f"/v1/sessions/{sid}/events"
+        raw = client.post(events, json={"text": "the", "top_k": 5, "include_special": True})
+        assert raw.json()["outputs"][0]["next"][0]["token"] == "<unk>"
+        check_lm(raw.json()["outputs"], reference.lm(["the"], 5, include_special=True))
+        assert client.post(f"/v1/sessions/{sid}/reset").status_code == 200
+        clean = client.post(events, json={"text": "the", "top_k": 5})
+        check_lm(clean.json()["outputs"], reference.lm(["the"], 5))
+        body = {"max_tokens": 40, "temperature": 1.0, "seed": 7, "stop_at_eos": False}
+        generated = client.post(f"/v1/sessions/{sid}/generate", json=body).json()
+        assert not {"<unk>", "<eos>"} & set(generated["tokens"]) and len(generated["tokens"]) == 40
+        assert generated["text"] == detokenize(generated["tokens"])
+        assert " ," not in generated["text"] and "@" not in generated["text"]

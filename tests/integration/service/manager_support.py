@@ -142,7 +142,13 @@ def check_outputs(ref: Reference, events: list[Any], outputs: list[Any], fresh: 
                 assert out.logprob is None
             else:
                 assert out.logprob == pytest.approx(float(log_probs[t - 1, ids[t]]), abs=TOL)
-            want = np.sort(np.exp(log_probs[t].astype(np.float64)))[::-1][: len(out.next)]
+            assert ref.manifest.lm is not None  # without include_special, no <unk> or <eos> suggested
+            specials = [
+                ref.vocab.index(ref.manifest.lm.unk_token),
+                ref.vocab.index(ref.manifest.lm.eos_token),
+            ]
+            others = np.delete(log_probs[t].astype(np.float64), specials)
+            want = np.sort(np.exp(others))[::-1][: len(out.next)]
             assert [n.prob for n in out.next] == pytest.approx(want.tolist(), abs=TOL)
             for n in out.next:
                 assert n.prob == pytest.approx(math.exp(log_probs[t, ref.vocab.index(n.token)]), abs=TOL)

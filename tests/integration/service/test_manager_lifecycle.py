@@ -24,6 +24,7 @@ from service.errors import (
     ShuttingDown,
 )
 from service.metrics import Metrics
+from service.predictors.detok import detokenize
 from service.sessions import SessionManager
 from service.settings import Settings
 from service.store.transfer import snapshot_checksum
@@ -164,9 +165,9 @@ async def test_generate_greedy_commit_and_no_commit(
         sid = (await manager.create(schemas.CreateSession(model=name), None)).session_id
         await manager.step(sid, None, {"tokens": prompt})
         before = (await manager.export_state(sid, None)).state
-        greedy = {"max_tokens": 5, "temperature": 0, "stop_at_eos": False}
+        greedy = {"max_tokens": 5, "temperature": 0, "stop_at_eos": False, "include_special": True}
         out = await manager.generate(sid, None, greedy)
-        assert out.seq == 3 and len(out.tokens) == 5 and out.text == " ".join(out.tokens)
+        assert out.seq == 3 and len(out.tokens) == 5 and out.text == detokenize(out.tokens)
         assert (await manager.export_state(sid, None)).state == before  # no commit: untouched
         # greedy = argmax of the reference, token by token
         state = ref.run_chunks([prompt])
@@ -176,10 +177,25 @@ async def test_generate_greedy_commit_and_no_commit(
             assert ref.vocab[int(np.argmax(dist))] == token
             step, state = ref.run([token], state)
             dist = step["log_probs"][0, -1]
+        # by default greedy never picks <unk> or <eos>: argmax of the reference without them
+        clean = await manager.generate(sid, None, {**greedy, "include_special": False, "max_tokens": 8})
+        specials = [ref.vocab.index("<unk>"), ref.vocab.index("<eos>")]
+        clean_state, dist = ref.run_chunks([prompt]), outs["log_probs"][0, -1]
+        for token in clean.tokens:
+            dist[specials] = -np.inf
+            assert ref.vocab[int(np.argmax(dist))] == token
+            step, clean_state = ref.run([token], clean_state)
+            dist = step["log_probs"][0, -1]
+        assert len(clean.tokens) == 8
         sampled = {"max_tokens": 6, "temperature": 1.5, "top_k": 5, "seed": 3}
         a = await manager.generate(sid, None, sampled)
         b = await manager.generate(sid, None, sampled)
         assert a.tokens == b.tokens  # seeded
+        # sampled ones neither: hot and long enough that 1 in 40 words would show up without the ban
+        hot = {"max_tokens": 60, "temperature": 5.0, "top_k": 0, "stop_at_eos": False}
+        hot_raw = (await manager.generate(sid, None, {**hot, "seed": 1, "include_special": True})).tokens
+        assert {"<unk>", "<eos>"} & set(hot_raw)
+        assert not {"<unk>", "<eos>"} & set((await manager.generate(sid, None, {**hot, "seed": 1})).tokens)
         committed = await manager.generate(sid, None, {**greedy, "commit": True})
         assert committed.tokens == out.tokens and committed.seq == 8
         got = state_of((await manager.export_state(sid, None)).state, ref)

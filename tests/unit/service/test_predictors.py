@@ -80,7 +80,7 @@ def test_lm_encode_logprob_of_the_word_that_came_and_top_k(registry: Registry) -
     logits = rng.standard_normal((3, vocab))
     log_probs = (logits - np.log(np.exp(logits).sum(1, keepdims=True))).astype(np.float32)  # [T, V]
     prior = log_probs[0][::-1].copy()  # [V]
-    decoded = predictor.decode({"tokens": ["w1", "w2", "w3"], "top_k": 3})
+    decoded = predictor.decode({"tokens": ["w1", "w2", "w3"], "top_k": 3, "include_special": True})
     assert decoded.param == 3
     result = one_job(predictor, [log_probs, prior], decoded.x, param=5)  # the batch asked up to 5
     fresh = predictor.encode(decoded, result, seq_before=0)
@@ -95,6 +95,36 @@ def test_lm_encode_logprob_of_the_word_that_came_and_top_k(registry: Registry) -
     assert later[2]["next"][0]["token"] == predictor.vocab[int(np.argmax(log_probs[2]))]
     single = predictor.decode({"tokens": ["w1"], "top_k": 0})
     assert predictor.encode(single, one_job(predictor, [log_probs[:1], prior], single.x), 1)[0]["next"] == []
+
+
+def test_lm_suggestions_leave_out_unk_and_eos_unless_included(registry: Registry) -> None:
+    """Reference: the full distribution ranked, the specials dropped, the first k kept."""
+    predictor, _ = lm(registry)
+    unk, eos = predictor.unk_id, predictor.eos_id
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal((4, 40))
+    logits[0, [unk, eos]] = 9.0, 8.5  # both specials on top
+    logits[1, eos] = 9.0  # one of them
+    logits[2, unk] = -9.0  # neither in the top k
+    log_probs = (logits - np.log(np.exp(logits).sum(1, keepdims=True))).astype(np.float32)  # [T, V]
+    tokens = ["w1", "<unk>", "w3", "<eos>"]
+    for k in (1, 3, 38):
+        clean = predictor.decode({"tokens": tokens, "top_k": k})
+        raw = predictor.decode({"tokens": tokens, "top_k": k, "include_special": True})
+        assert clean.fingerprint == raw.fingerprint == 0  # no seq: nothing to replay
+        assert predictor.decode({"tokens": tokens, "top_k": k, "seq": 0}).fingerprint != (
+            predictor.decode({"tokens": tokens, "top_k": k, "seq": 0, "include_special": True}).fingerprint
+        )
+        batch_k = max(clean.param, raw.param)  # both jobs in one batch
+        got = predictor.encode(clean, one_job(predictor, [log_probs, log_probs[0]], clean.x, batch_k), 1)
+        got_raw = predictor.encode(raw, one_job(predictor, [log_probs, log_probs[0]], raw.x, batch_k), 1)
+        for t in range(4):
+            ranked = np.argsort(-log_probs[t].astype(np.float64), kind="stable").tolist()
+            want = [i for i in ranked if i not in (unk, eos)][:k]
+            assert [n["token"] for n in got[t]["next"]] == [predictor.vocab[i] for i in want], (k, t)
+            assert [n["prob"] for n in got[t]["next"]] == pytest.approx(np.exp(log_probs[t, want]).tolist())
+            assert [n["token"] for n in got_raw[t]["next"]] == [predictor.vocab[i] for i in ranked[:k]]
+        assert [n["token"] for n in got_raw[0]["next"][:2]] == ["<unk>", "<eos>"][:k]
 
 
 def test_sampling_greedy_top_k_and_seeded() -> None:
