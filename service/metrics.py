@@ -89,6 +89,22 @@ class Metrics:
         self.batch_failures = Counter(
             "rnnserve_batch_failures", "ONNX Runtime calls that raised", ["model", "version"], registry=r
         )
+        self.snapshot_seconds = Histogram(
+            "rnnserve_snapshot_seconds",
+            "periodic session snapshots: copying on the event loop (phase=loop), the longest single "
+            "step of that copy, i.e. the stall (phase=stall), writing the file in a thread (phase=write)",
+            ["phase"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.snapshot_failures = Counter(
+            "rnnserve_snapshot_failures", "periodic session snapshots that failed", registry=r
+        )
+        self.snapshot_last_success = Gauge(
+            "rnnserve_snapshot_last_success_timestamp_seconds",
+            "wall-clock time of the last snapshot written (what a crash would restore)",
+            registry=r,
+        )
 
         # (method, route template, status) -> the children of `requests` and `request_latency`
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}

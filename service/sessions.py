@@ -60,6 +60,7 @@ from service.registry import LoadedModel, Registry
 from service.runner import ModelRunner, StepJob, StepResult
 from service.settings import Settings
 from service.store import MemoryStore, SessionRecord, SessionStore, Status, StoredAnswer
+from service.store.snapshot_file import remove_stale_temps
 from service.store.transfer import decode_snapshot, encode_snapshot
 from service.turns import Turns
 
@@ -115,6 +116,8 @@ class SessionManager:
         self._started = False
         self._stopping = False
         self._sweeper: asyncio.Task[None] | None = None
+        self._snapshotter: asyncio.Task[None] | None = None
+        self._stop_snapshots = asyncio.Event()
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -126,10 +129,15 @@ class SessionManager:
             self._serve(model)
         await self.store.open()
         path = self.settings.snapshot_path
-        if path is not None and not self.store.persistent and path.is_file():
-            self._load_snapshot(path)
+        if path is not None and not self.store.persistent:
+            remove_stale_temps(path)
+            if path.is_file():
+                self._load_snapshot(path)
         self._started = True
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="session-sweeper")
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.create_task(self._sweep_forever(), name="session-sweeper")
+        if path is not None and not self.store.persistent and self.settings.snapshot_interval_s > 0:
+            self._snapshotter = loop.create_task(self._snapshot_forever(path), name="session-snapshots")
         self._ready = True
 
     async def stop(self) -> None:
@@ -142,6 +150,9 @@ class SessionManager:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        if self._snapshotter is not None:  # a write under way finishes first, or it could land after ours
+            self._stop_snapshots.set()
+            await self._snapshotter
         drain = self.settings.shutdown_drain_s
         deadline = time.monotonic() + drain  # real time: a test's fake clock must not stall shutdown
         # requests already admitted finish first: with a networked store they may still be looking up
@@ -153,8 +164,12 @@ class SessionManager:
         path = self.settings.snapshot_path
         # a failed start must not overwrite a good snapshot
         if path is not None and self._started and not self.store.persistent:
-            count = self.store.save(path)
-            log.info("wrote %d session(s) to %s", count, path)
+            try:
+                count = self.store.save(path)
+            except OSError:  # the shutdown goes on: the last periodic snapshot (if any) stays in place
+                log.exception("session snapshot %s could not be written at shutdown", path)
+            else:
+                log.info("wrote %d session(s) to %s", count, path)
         await self.store.close()
 
     @property
@@ -212,12 +227,55 @@ class SessionManager:
     def _load_snapshot(self, path: Path) -> None:
         try:
             count = self.store.load(path, self.registry.all())
-        except (OSError, ValueError, KeyError) as exc:
+        except OSError as exc:
             log.error("session snapshot %s not loaded: %s", path, exc)
+            return
+        except (ValueError, KeyError) as exc:
+            corrupt = path.with_name(path.name + ".corrupt")
+            path.replace(corrupt)  # kept for a look, out of the way of the next snapshot
+            log.error("session snapshot %s not loaded: %s (moved to %s)", path, exc, corrupt)
+            return
+        if self.settings.snapshot_interval_s > 0:
+            # the file is what was just restored; the next periodic snapshot replaces it
+            log.info("restored %d session(s) from %s", count, path)
             return
         done = path.with_name(path.name + ".loaded")
         path.replace(done)  # a crash later must not bring these sessions back a second time
         log.info("restored %d session(s) from %s (moved to %s)", count, path, done)
+
+    async def _snapshot_forever(self, path: Path) -> None:
+        """Write the snapshot every `snapshot_interval_s` until stop (which writes the last one): what
+        a crash loses is bounded by the interval plus one write."""
+        failing = False
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_snapshots.wait(), self.settings.snapshot_interval_s)
+            if self._stop_snapshots.is_set():
+                return
+            try:
+                saved = await self.store.save_async(path)
+            except Exception:  # disk full, permissions: keep serving, keep trying
+                self.metrics.snapshot_failures.inc()
+                if not failing:
+                    log.exception("session snapshot %s failed (retrying every interval)", path)
+                failing = True
+                continue
+            if failing:
+                log.info("session snapshot %s written again", path)
+            failing = False
+            m = self.metrics
+            m.snapshot_seconds.labels("loop").observe(saved.loop_s)
+            m.snapshot_seconds.labels("stall").observe(saved.stall_s)
+            m.snapshot_seconds.labels("write").observe(saved.write_s)
+            m.snapshot_last_success.set(time.time())
+            log.debug(
+                "snapshot: %d session(s) to %s; longest stall %.1f ms, %.1f ms on the loop, %.0f ms writing",
+                saved.count,
+                path,
+                1e3 * saved.stall_s,
+                1e3 * saved.loop_s,
+                1e3 * saved.write_s,
+            )
 
     async def _sweep_forever(self) -> None:
         interval = min(max(self.settings.session_ttl_s / 10, 0.05), 30.0)

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         Path("var/sessions.snapshot"),
         description="memory store: where sessions are written on shutdown and read at start (empty disables)",
     )
+    snapshot_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="memory store: also write the snapshot this often, so that a crash (SIGKILL, OOM) "
+        "loses at most this many seconds of steps; 0 writes it only at shutdown",
+    )
 
     # request limits
     max_events_per_request: int = Field(1024, ge=1, description="events in one step request")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from service.store.base import (
     Committed,
     Gathered,
+    Saved,
     SessionRecord,
     SessionStore,
     Status,
@@ -18,6 +19,7 @@ __all__ = [
     "Committed",
     "Gathered",
     "MemoryStore",
+    "Saved",
     "SessionRecord",
     "SessionStore",
     "Status",

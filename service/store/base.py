@@ -95,6 +95,16 @@ class StoredAnswer:
     response: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """What one periodic snapshot wrote and what it cost."""
+
+    count: int  # sessions written
+    stall_s: float = 0.0  # the longest single step the copy held the event loop
+    loop_s: float = 0.0  # all of the copy's steps on the event loop together
+    write_s: float = 0.0  # converting, checksumming and writing the file, in a thread
+
+
 class Status(enum.IntEnum):
     """What a batch read or write found for one session."""
 
@@ -217,6 +227,11 @@ class SessionStore(Protocol):
 
     def save(self, path: Path) -> int:
         """Write every session to `path` atomically; returns the count (memory backend only)."""
+        ...
+
+    async def save_async(self, path: Path) -> Saved:
+        """`save` without stalling the event loop: the copy is taken in short steps between batches and
+        the file written in a thread (periodic snapshots; memory backend only)."""
         ...
 
     def load(self, path: Path, models: Sequence[LoadedModel]) -> int:

@@ -10,7 +10,8 @@ are plain functions here, and a batch's gather / commit are one vectorized numpy
 is the only writer, so a commit's check-and-set never fails in practice (requests for one session take
 turns in the manager); it is checked all the same, cheaply, so that both backends keep the same rule.
 Sessions and tombstones survive a restart through the snapshot file (snapshot_file.py), written at
-shutdown.
+shutdown and, to bound what a crash loses, periodically (`save_async`, which never stalls the loop for
+more than a copy of a few MB).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from service.settings import Settings
 from service.store.base import (
     Committed,
     Gathered,
+    Saved,
     SessionKey,
     SessionRecord,
     Status,
@@ -39,7 +41,7 @@ from service.store.base import (
     session_key,
 )
 from service.store.slab import NO_ANSWER, Partition
-from service.store.snapshot_file import load_sessions, save_sessions
+from service.store.snapshot_file import load_sessions, save_sessions, save_sessions_async
 from service.store.tombstones import Tombstones
 
 _READY, _CONFLICT, _GONE = int(Status.READY), int(Status.CONFLICT), int(Status.GONE)  # plain ints: faster
@@ -418,11 +420,10 @@ class MemoryStore:
         self._trim_tombstones(now)
         return expired
 
-    def tombstones(self) -> Iterator[tuple[str, str, int, float]]:
-        """Ended ids still answered with 410: (session id, reason, owner as an index into `owners`,
-        wall-clock time it is forgotten)."""
-        for key, reason, owner, until in self._gone.live(self.clock()):
-            yield key_to_id(key), reason, owner, self.wall_offset + until
+    def tombstone_items(self) -> list[tuple[SessionKey, tuple[str, int, float]]]:
+        """A copy of the tombstones, (key, (reason, owner index, monotonic time it is forgotten)),
+        taken in one C-level step (snapshots take it on the event loop); some may be past their time."""
+        return self._gone.items()
 
     def remember_ended(self, session_id: str, reason: str, owner: str | None, until_wall: float) -> None:
         """Restore a tombstone written by `tombstones` (a live session of that id keeps precedence)."""
@@ -434,6 +435,10 @@ class MemoryStore:
     def save(self, path: Path) -> int:
         """Write every session to `path` atomically (see snapshot_file.py); returns the count."""
         return save_sessions(self, path)
+
+    async def save_async(self, path: Path) -> Saved:
+        """`save` without stalling the event loop (periodic snapshots; see snapshot_capture.py)."""
+        return await save_sessions_async(self, path)
 
     def load(self, path: Path, models: Sequence[LoadedModel]) -> int:
         """Restore the sessions of a `save`d file, keeping their remaining TTL; returns the count."""

@@ -57,7 +57,15 @@ from service.errors import (
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store import redis_scripts
-from service.store.base import Committed, Gathered, SessionRecord, Status, StoredAnswer, check_session_id
+from service.store.base import (
+    Committed,
+    Gathered,
+    Saved,
+    SessionRecord,
+    Status,
+    StoredAnswer,
+    check_session_id,
+)
 from service.store.redis_client import Availability, connect, where
 
 if TYPE_CHECKING:
@@ -485,6 +493,10 @@ class RedisStore:
     def save(self, path: Path) -> int:
         """Nothing to write: Redis persists the sessions by itself (its RDB/AOF configuration)."""
         return 0
+
+    async def save_async(self, path: Path) -> Saved:
+        """Nothing to write (see `save`)."""
+        return Saved(0)
 
     def load(self, path: Path, models: Sequence[LoadedModel]) -> int:
         """Nothing to read: the sessions are in Redis."""

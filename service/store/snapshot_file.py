@@ -1,22 +1,32 @@
 """The memory store's snapshot file: numpy arrays plus a JSON header in one `.npz`, written atomically.
 
     header                 JSON: format, saved_at (wall), owners, partitions [{model, sha256, count, ...}]
+    digest                 sha256 over the header and every array (name, dtype, shape, bytes)
     p<i>.state<k>          float32 [L, n, H]  state tensor k of partition i's n sessions
     p<i>.<column>          one entry per session: ids, seq, created, expires, owner, answer_seq, answer_fp,
                            answer_len (-1: none); p<i>.answers is every stored answer, concatenated
-    gone.<column>          ended ids still answered with 410: ids, reason, owner, until (wall clock);
-                           absent from files written before tombstones were kept
+    gone.<column>          ended ids still answered with 410: ids, reason, owner, until (wall clock)
 
-Written to a temporary file in the same directory, fsync'ed, then renamed over the target, so a crash
-never leaves a half-written snapshot. Read back with allow_pickle=False: the file holds no code.
+Written to a temporary file in the same directory, fsync'ed, renamed over the target and the directory
+fsync'ed, so that a crash (even of the machine) leaves either the old snapshot or the new one, never
+half of one. A file that is torn or corrupt all the same (a disk error, a copy cut short) fails its
+digest (and the zip's own CRCs) and is never loaded as good. Read back with allow_pickle=False: the file
+holds no code.
+
+The copy of the sessions is snapshot_capture.py's: `save_sessions` takes it in one step (at shutdown),
+`save_sessions_async` in short steps between batches and writes the file in a thread (periodically).
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import logging
 import os
 import tempfile
+import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from service.errors import ServiceError
-from service.store.base import key_to_id
-from service.store.slab import NO_ANSWER
+from service.store.base import Saved
+from service.store.snapshot_capture import Capture, capture, capture_now, to_arrays
 
 if TYPE_CHECKING:
     from service.registry import LoadedModel
@@ -33,15 +43,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2 added the digest; format 1 files (written before) are read with the zip's CRCs alone
+TEMP_SUFFIX = ".tmp"
+
+
+def _digest(header: str, arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256(header.encode())
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"\n{name} {a.dtype.str} {a.shape}\n".encode())
+        h.update(a.data)  # sha256 releases the GIL on large buffers
+    return h.hexdigest()
 
 
 def write_snapshot(path: Path, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    text = json.dumps({"format": FORMAT, **header})
+    payload: dict[str, Any] = {"header": np.array(text), "digest": np.array(_digest(text, arrays)), **arrays}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            payload: dict[str, Any] = {"header": np.array(json.dumps({"format": FORMAT, **header})), **arrays}
             np.savez(f, **payload)
             f.flush()
             os.fsync(f.fileno())
@@ -49,73 +70,62 @@ def write_snapshot(path: Path, header: dict[str, Any], arrays: dict[str, np.ndar
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)  # the rename itself survives a power cut
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Temporary files of writes that a crash cut short (never a complete snapshot: see above)."""
+    for stale in path.parent.glob(f".{path.name}.*{TEMP_SUFFIX}"):
+        stale.unlink(missing_ok=True)
 
 
 def read_snapshot(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(header, arrays); ValueError for a file that is not a snapshot of this format."""
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {name: data[name] for name in data.files}
-    header = json.loads(str(arrays.pop("header")))
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a session snapshot of format {FORMAT}")
+    """(header, arrays); ValueError for a file that is not an intact snapshot of this format."""
+    try:
+        # our own file object: np.load leaks the one it opens when the zip turns out torn
+        with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (zipfile.BadZipFile, EOFError, ValueError, KeyError) as exc:  # torn, or not a zip of arrays
+        raise ValueError(f"{path}: not a readable session snapshot ({exc})") from exc
+    text, digest = str(arrays.pop("header", "")), str(arrays.pop("digest", ""))
+    try:
+        header = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: the snapshot header is not JSON") from exc
+    if not isinstance(header, dict) or header.get("format") not in (1, FORMAT):
+        raise ValueError(f"{path}: not a session snapshot of format 1 or {FORMAT}")
+    if header["format"] == FORMAT and digest != _digest(text, arrays):
+        raise ValueError(f"{path}: the snapshot's digest does not match its contents (corrupt)")
     return header, arrays
 
 
-def save_sessions(store: MemoryStore, path: Path) -> int:
-    """Every live session of every partition, with its remaining TTL as a wall-clock expiry."""
-    now = store.clock()
-    header: dict[str, Any] = {
-        "saved_at": store.wall_offset + now,
-        "owners": store.owners,
-        "partitions": [],
-    }
-    arrays: dict[str, np.ndarray] = {}
-    total = 0
-    for i, p in enumerate(store.partitions):
-        rows = p.live_rows()
-        header["partitions"].append(
-            {
-                "model": p.key,
-                "sha256": p.sha256,
-                "count": len(rows),
-                "layers": p.layers,
-                "hidden": p.hidden,
-                "states": p.state_count,
-            }
-        )
-        for k, s in enumerate(p.gather(rows)):
-            arrays[f"p{i}.state{k}"] = s
-        arrays[f"p{i}.ids"] = np.array(
-            [key_to_id(k) for k in (p.ids[r] for r in rows.tolist()) if k], dtype=np.str_
-        )
-        arrays[f"p{i}.seq"] = p.seq[rows]
-        arrays[f"p{i}.created"] = p.created[rows]
-        arrays[f"p{i}.expires"] = store.wall_offset + p.last_used[rows] + store.ttl
-        arrays[f"p{i}.owner"] = p.owner[rows]
-        arrays[f"p{i}.answer_seq"] = p.answer_seq[rows]
-        arrays[f"p{i}.answer_fp"] = p.answer_fp[rows]
-        answers = [p.answers.get(r) if p.answer_seq[r] != NO_ANSWER else None for r in rows.tolist()]
-        arrays[f"p{i}.answer_len"] = np.array([-1 if a is None else len(a) for a in answers], np.int64)
-        arrays[f"p{i}.answers"] = np.frombuffer(b"".join(a for a in answers if a), np.uint8)
-        total += len(rows)
-    arrays.update(_tombstone_arrays(store))
+def _write(snapshot: Capture, path: Path) -> int:
+    header, arrays = to_arrays(snapshot)
     write_snapshot(path, header, arrays)
-    return total
+    return sum(meta["count"] for meta in header["partitions"])
 
 
-def _tombstone_arrays(store: MemoryStore) -> dict[str, np.ndarray]:
-    ids, reasons, owners, until = [], [], [], []
-    for session_id, reason, owner, until_wall in store.tombstones():
-        ids.append(session_id)
-        reasons.append(reason)
-        owners.append(owner)
-        until.append(until_wall)
-    return {
-        "gone.ids": np.array(ids, dtype=np.str_),
-        "gone.reason": np.array(reasons, dtype=np.str_),
-        "gone.owner": np.array(owners, dtype=np.int64),  # index into the header's owners, like p<i>.owner
-        "gone.until": np.array(until, dtype=np.float64),
-    }
+def save_sessions(store: MemoryStore, path: Path) -> int:
+    """Every live session of every partition, with its remaining TTL as a wall-clock expiry, and the
+    tombstones, copied in one step; returns the count of sessions."""
+    return _write(capture_now(store), path)
+
+
+async def save_sessions_async(store: MemoryStore, path: Path) -> Saved:
+    """`save_sessions` without stalling the event loop: copied in short steps between batches, written
+    in a thread."""
+    snapshot = await capture(store)
+    t0 = time.perf_counter()
+    count = await asyncio.to_thread(_write, snapshot, path)
+    return Saved(count, snapshot.stall_s, snapshot.loop_s, time.perf_counter() - t0)
 
 
 def _load_tombstones(store: MemoryStore, arrays: dict[str, np.ndarray], owners: list[str | None]) -> None:

@@ -8,8 +8,6 @@ keeps a flood of short sessions from growing memory without bound.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from service.store.base import SessionKey
 
 
@@ -47,8 +45,6 @@ class Tombstones:
                 break
             del gone[first]
 
-    def live(self, now: float) -> Iterator[tuple[SessionKey, str, int, float]]:
-        """(key, reason, owner index, until) of every tombstone not yet past its time, oldest first."""
-        for key, (reason, owner, until) in self._gone.items():
-            if until > now:
-                yield key, reason, owner, until
+    def items(self) -> list[tuple[SessionKey, tuple[str, int, float]]]:
+        """(key, (reason, owner index, until)) of every tombstone, expired or not: a copy."""
+        return list(self._gone.items())

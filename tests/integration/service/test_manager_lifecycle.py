@@ -41,7 +41,8 @@ async def test_snapshot_file_stop_start_continues_identically(
     make_settings: Callable[..., Settings], references: dict[str, Reference], tmp_path: Path
 ) -> None:
     path = tmp_path / "var" / "sessions.snapshot"
-    settings = make_settings(snapshot_path=path, max_batch_size=1)
+    # only at shutdown (interval 0): the file moves aside once loaded (periodic: test_manager_snapshots.py)
+    settings = make_settings(snapshot_path=path, max_batch_size=1, snapshot_interval_s=0)
     rng = np.random.default_rng(2)
     plan = {
         name: [references[name].events(rng, 3), references[name].events(rng, 4)]
