@@ -2,7 +2,8 @@
 
 `ServerProcess` runs `python -m service serve` in its own process with RNNSERVE_* settings, on port 0
 (the kernel picks a free port; the server prints the URL it bound, so there is no window in which
-another process can take the port), and stops it with SIGTERM, as an orchestrator would.
+another process can take the port), and stops it with SIGTERM, as an orchestrator would (or kills it
+with SIGKILL, as a crash would).
 
 `Reference` computes what the server must answer with nothing but the artifact's manifest and one
 whole-sequence `onnxruntime.InferenceSession` call from the zero state: no service code.
@@ -94,6 +95,13 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def kill(self) -> int:
+        """SIGKILL, as the OOM killer or a crash ends it: no shutdown, no last snapshot."""
+        self.process.kill()
+        self.process.wait()
         self._log.close()
         return self.process.returncode
 

@@ -70,7 +70,7 @@ def restore(path: Path) -> MemoryStore:
 async def check_restored(restored: MemoryStore, incarnations: dict[str, int]) -> dict[str, tuple[int, int]]:
     """Every restored session holds a state, seq and answer it really had together; name -> (inc, seq)."""
     found = {}
-    for key, packed in restored._index.items():
+    for key in list(restored._index):
         name = key if isinstance(key, str) else key.hex()
         record = await restored.lookup(name, None, touch=False)
         seq, state = await restored.read_state(record)
