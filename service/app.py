@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from service.auth import Authenticator
+from service.docs import install_offline_docs
 from service.error_handlers import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import RequestMiddleware
@@ -110,12 +111,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "REST (`/v1`), a WebSocket per session, or the KServe V2 protocol with Triton's sequence "
         'extension (`/v2`). Errors: `{"error": {"code", "message", "details"}}`.',
         lifespan=_lifespan,
+        docs_url=None,  # served from local assets by install_offline_docs
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.auth = Authenticator(settings.all_api_keys())
     for module in (models, sessions, stream, kserve, health):
         app.include_router(module.router)
+    install_offline_docs(app)
     install_error_handlers(app)
     envelope: dict[str, Any] = {
         "metrics": app.state.metrics,
