@@ -1,7 +1,7 @@
 """`rnnserve`: the command line (serve, models, train, export, bench).
 
-    rnnserve serve [--host 127.0.0.1] [--port 8000] [--models-dir models] [--workers 1]
-    rnnserve models [--models-dir models]
+    rnnserve serve [--host 127.0.0.1] [--port 8000] [--models-dir DIR] [--workers 1]
+    rnnserve models [--models-dir DIR]
     rnnserve train lm|sensor [options]     (python -m training, needs the [train] extra)
     rnnserve export CHECKPOINT [options]   (python -m training export)
     rnnserve bench [--quick]
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="interface to listen on (RNNSERVE_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port, 0 picks a free one (RNNSERVE_PORT, default 8000)")
-    dir_help = "models directory (RNNSERVE_MODELS_DIR, default models)"
+    dir_help = "models directory (RNNSERVE_MODELS_DIR, default: the shipped models)"
     serve.add_argument("--models-dir", type=Path, help=dir_help)
     serve.add_argument(
         "--workers",

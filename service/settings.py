@@ -10,10 +10,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
+from platformdirs import user_state_path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Provider = Literal["cpu", "cuda"]
+
+# Defaults that do not depend on the directory the server starts in: the models installed with the
+# package (a link to the checkout's models/ in an editable install), and the user's state directory
+# (~/.local/state/rnnserve on Linux, $XDG_STATE_HOME honoured).
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "default_models"
+DEFAULT_SNAPSHOT_PATH = user_state_path("rnnserve") / "sessions.snapshot"
 
 
 def _split_commas(value: object) -> object:
@@ -28,7 +35,11 @@ class Settings(BaseSettings):
     # where and what to serve
     host: str = Field("127.0.0.1", description="interface to listen on")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one)")
-    models_dir: Path = Field(Path("models"), description="registry root: <name>/<version>/ artifacts")
+    models_dir: Path = Field(
+        DEFAULT_MODELS_DIR,
+        description="registry root: <name>/<version>/ artifacts (default: the shipped models, installed "
+        "with the package)",
+    )
     providers: Annotated[list[Provider], NoDecode] = Field(
         default_factory=lambda: list[Provider](["cpu"]),
         description="ONNX Runtime providers in order of preference, e.g. `cuda,cpu`; "
@@ -59,8 +70,9 @@ class Settings(BaseSettings):
         3600.0, ge=0, description="how long an ended session's id answers 410 with the reason"
     )
     snapshot_path: Path | None = Field(
-        Path("var/sessions.snapshot"),
-        description="memory store: where sessions are written on shutdown and read at start (empty disables)",
+        DEFAULT_SNAPSHOT_PATH,
+        description="memory store: where sessions are written on shutdown and read at start (empty "
+        "disables; default: the user's state directory)",
     )
     snapshot_interval_s: float = Field(
         10.0,

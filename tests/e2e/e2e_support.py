@@ -47,19 +47,30 @@ def auth(key: str = KEYS[0]) -> dict[str, str]:
 class ServerProcess:
     """`python -m service serve --port 0 --models-dir ...` with the given RNNSERVE_* settings."""
 
-    def __init__(self, models_dir: Path, workdir: Path, **settings: str) -> None:
+    def __init__(
+        self,
+        models_dir: Path | None,
+        workdir: Path,
+        environ: dict[str, str | None] | None = None,
+        log_dir: Path | None = None,
+        **settings: str,
+    ) -> None:
+        """`models_dir` None: the server's default; `environ`: more variables (None removes one);
+        `log_dir`: where the log goes (default `workdir`, also the server's current directory)."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = workdir / f"server-{time.monotonic_ns()}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RNNSERVE_")}
+        self.log_path = (log_dir or workdir) / f"server-{time.monotonic_ns()}.log"
+        env: dict[str, str | None] = {k: v for k, v in os.environ.items() if not k.startswith("RNNSERVE_")}
         env.update({"RNNSERVE_SNAPSHOT_PATH": str(workdir / "sessions.snapshot")})
         env.update({f"RNNSERVE_{k.upper()}": v for k, v in settings.items()})
+        env.update(environ or {})
+        models = [] if models_dir is None else ["--models-dir", str(models_dir)]
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", "0", "--models-dir", str(models_dir)],
+            [sys.executable, "-m", "service", "serve", "--port", "0", *models],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env={k: v for k, v in env.items() if v is not None},
             cwd=workdir,
         )
         self.url = self._wait_for_banner()
