@@ -16,7 +16,7 @@ from starlette.datastructures import State
 from starlette.requests import HTTPConnection
 
 from service.auth import Authenticator
-from service.errors import NotReady, ShuttingDown
+from service.errors import Forbidden, NotReady, ShuttingDown
 from service.metrics import Metrics
 from service.sessions import SessionManager
 from service.settings import Settings
@@ -85,7 +85,25 @@ async def get_owner(
     return auth.owner(token=credentials.credentials if credentials is not None else None)
 
 
+async def require_admin(
+    conn: HTTPConnection,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Model management (admin routes, Triton's repository API): an admin key when any is set; open
+    when auth is off altogether; refused (403) when API keys are on but no admin key is set, so that
+    turning auth on never leaves model management open by accident."""
+    admin: Authenticator = conn.app.state.admin_auth
+    token = credentials.credentials if credentials is not None else None
+    if admin.enabled:
+        admin.owner(token=token)
+    elif authenticator_of(conn).enabled:
+        raise Forbidden(
+            "model management is off: API keys are on and no admin key is set (RNNSERVE_ADMIN_KEYS)"
+        )
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 ManagerDep = Annotated[SessionManager, Depends(get_manager)]
 OwnerDep = Annotated[str | None, Depends(get_owner)]
+AdminDep = Annotated[None, Depends(require_admin)]

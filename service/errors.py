@@ -28,8 +28,20 @@ class BadRequest(ServiceError):
     status, code = 400, "bad_request"
 
 
+class ArtifactRefused(ServiceError):
+    """A model version asked to load whose artifact does not verify (hash, manifest, graph)."""
+
+    status, code = 400, "artifact_refused"
+
+
 class Unauthorized(ServiceError):
     status, code = 401, "unauthorized"
+
+
+class Forbidden(ServiceError):
+    """A valid key without the right: the admin routes need an admin key (RNNSERVE_ADMIN_KEYS)."""
+
+    status, code = 403, "forbidden"
 
 
 class ModelNotFound(ServiceError):
@@ -68,10 +80,17 @@ class SessionDeleted(SessionGone):
     code = "session_deleted"
 
 
+class SessionUnloaded(SessionGone):
+    """Its model version was unloaded with unload_policy=end (service/model_control.py)."""
+
+    code = "session_unloaded"
+
+
 GONE_BY_REASON: dict[str, type[SessionGone]] = {
     "expired": SessionExpired,
     "evicted": SessionEvicted,
     "deleted": SessionDeleted,
+    "unloaded": SessionUnloaded,
 }
 
 

@@ -67,7 +67,7 @@ class Metrics:
         )
         self.sessions_ended = Counter(
             "rnnserve_sessions_ended",
-            "sessions that ended, by reason (expired, evicted, deleted)",
+            "sessions that ended, by reason (expired, evicted, deleted, unloaded)",
             ["model", "reason"],
             registry=r,
         )
@@ -85,6 +85,12 @@ class Metrics:
         )
         self.unknown_tokens = Counter(
             "rnnserve_unknown_tokens", "lm input words mapped to <unk>", ["model", "version"], registry=r
+        )
+        self.model_versions = Gauge(
+            "rnnserve_model_versions",
+            "1 per loaded model version; state: default, ready (not the default) or draining",
+            ["model", "version", "state"],
+            registry=r,
         )
         self.batch_failures = Counter(
             "rnnserve_batch_failures", "ONNX Runtime calls that raised", ["model", "version"], registry=r

@@ -6,7 +6,16 @@ Verification refuses an artifact (ArtifactError, logged, the others still load) 
 not parse, a hash does not match, the manifest disagrees with its own architecture (state shapes, the
 task's tensors), or the ONNX graph's actual inputs, outputs, dtypes and ranks differ from the manifest
 (Triton's habit: declare the contract, check it at load). A new version can be loaded while the others
-serve; the default version of a name is the highest one, compared numeric-aware ("10" > "9" > "1.2").
+serve; the default version of a name is the pinned one (`pin_default`) if any, else the highest one
+not draining, compared numeric-aware ("10" > "9" > "1.2").
+
+Runtime changes (service/model_control.py drives them, for the admin routes, Triton's repository API
+and the directory watcher alike): `scan` finds the version directories not loaded yet, skipping those
+whose files have not changed since they were refused (a half-written artifact fails its hash check and
+is retried once its files change) and those unloaded on purpose; `add` registers a loaded version;
+`drain` keeps a version serving its sessions but out of reach of new ones; `remove` forgets it. A
+version is immutable: once served in this process, a different artifact under the same name and
+version is refused (publish a new version instead).
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ _ORT_DTYPES = {"int64": "tensor(int64)", "float32": "tensor(float)"}
 TASK_OUTPUTS = {"lm": ("log_probs", "log_probs_in"), "sensor": ("mean", "log_var", "mean_in", "log_var_in")}
 
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # the manifest's pattern: no path tricks
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # the manifest's pattern: no path tricks
 
 
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
@@ -88,7 +97,7 @@ class LoadedModel:
     def features(self) -> int:
         return self.manifest.architecture.input_size
 
-    def info(self, default: bool) -> schemas.ModelInfo:
+    def info(self, default: bool, state: schemas.ModelState = "ready") -> schemas.ModelInfo:
         m, arch = self.manifest, self.manifest.architecture
         return schemas.ModelInfo(
             name=m.name,
@@ -100,6 +109,7 @@ class LoadedModel:
             features=list(m.sensor.features) if m.sensor is not None else None,
             vocab_size=m.lm.vocab_size if m.lm is not None else None,
             default=default,
+            state=state,
         )
 
     def run(self, feed: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
@@ -216,6 +226,26 @@ def load_artifact(path: Path, settings: Settings) -> LoadedModel:
     return model
 
 
+Signature = tuple[tuple[str, int, int], ...]
+
+
+def signature(path: Path) -> Signature:
+    """(file name, size, mtime ns) of every file of an artifact directory: what changes when a copy
+    into it goes on or a new artifact replaces it."""
+    try:
+        entries = sorted(path.iterdir())
+    except OSError:
+        return ()
+    files = []
+    for entry in entries:
+        try:
+            info = entry.stat()
+        except OSError:  # removed while we looked
+            continue
+        files.append((entry.name, info.st_size, info.st_mtime_ns))
+    return tuple(files)
+
+
 class Registry:
     """All served model versions, by name and version."""
 
@@ -223,37 +253,83 @@ class Registry:
         self.settings = settings
         self._models: dict[str, dict[str, LoadedModel]] = {}
         self.errors: dict[str, str] = {}  # "name/version" -> why it was refused
+        self._refused: dict[str, Signature] = {}  # "name/version" -> its files when refused
+        self._pinned: dict[str, str] = {}  # name -> the version pinned as default
+        self._draining: set[str] = set()  # "name/version" serving its sessions, closed to new ones
+        self._unloaded: set[str] = set()  # "name/version" unloaded on purpose: `scan` skips them
+        self._hashes: dict[str, str] = {}  # "name/version" -> graph sha256 of every version served
 
     def load_all(self) -> list[LoadedModel]:
         """Load every `<name>/<version>/` under models_dir; a refused artifact is logged and skipped."""
-        root = self.settings.models_dir
+        if not self.settings.models_dir.is_dir():
+            log.warning("models directory %s does not exist; serving no models", self.settings.models_dir)
         loaded: list[LoadedModel] = []
+        for name, version in self.scan():
+            try:
+                loaded.append(self.load(name, version))
+            except ArtifactError as exc:
+                log.error("refusing artifact %s/%s: %s", name, version, exc)
+        return loaded
+
+    def scan(self) -> list[tuple[str, str]]:
+        """(name, version) of every version directory worth loading now: not loaded, not unloaded on
+        purpose, not refused with the files it still has. Hidden directories (`.name`) are skipped:
+        publish by writing `models/<name>/.<version>.tmp/` and renaming it to `<version>`."""
+        root = self.settings.models_dir
+        found: list[tuple[str, str]] = []
         if not root.is_dir():
-            log.warning("models directory %s does not exist; serving no models", root)
-            return loaded
+            return found
         for name_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for version_dir in sorted(
                 p for p in name_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
             ):
-                try:
-                    loaded.append(self.load(name_dir.name, version_dir.name))
-                except ArtifactError as exc:
-                    log.error("refusing artifact %s/%s: %s", name_dir.name, version_dir.name, exc)
-        return loaded
+                name, version = name_dir.name, version_dir.name
+                key = f"{name}/{version}"
+                if version in self._models.get(name, {}) or key in self._unloaded:
+                    continue
+                if self._refused.get(key) == signature(version_dir):
+                    continue
+                found.append((name, version))
+        return found
 
     def load(self, name: str, version: str) -> LoadedModel:
-        """Load one artifact; a version already loaded is returned as it is (its sessions belong to it)."""
+        """Load one artifact; a version already loaded is returned as it is (its sessions belong to it).
+        Runs ONNX Runtime's graph load: call it from a worker thread while serving, then `add`."""
         if version in self._models.get(name, {}):
             return self._models[name][version]
+        return self.add(self.read(name, version))
+
+    def read(self, name: str, version: str) -> LoadedModel:
+        """Verify and open one artifact without registering it (thread-safe: touches no registry state
+        but the refusal record). ArtifactError if it cannot serve."""
         key = f"{name}/{version}"
-        if not (_NAME.match(name) and _NAME.match(version)):
+        if not (NAME_PATTERN.match(name) and NAME_PATTERN.match(version)):
             raise ArtifactError(f"{key!r} is not a model name and version")
+        path = self.settings.models_dir / name / version
+        files = signature(path)
         try:
-            model = load_artifact(self.settings.models_dir / name / version, self.settings)
+            model = load_artifact(path, self.settings)
+            served = self._hashes.get(key)
+            if served is not None and served != model.manifest.onnx.sha256:
+                raise ArtifactError(
+                    f"{path}: {key} was served with another graph in this process; a version is "
+                    "immutable, publish the change as a new version"
+                )
         except ArtifactError as exc:
             self.errors[key] = str(exc)
+            self._refused[key] = files
             raise
+        return model
+
+    def add(self, model: LoadedModel) -> LoadedModel:
+        """Register a version `read` returned (on the event loop: readers see it at once)."""
+        name, version, key = model.name, model.version, model.key
+        if version in self._models.get(name, {}):
+            return self._models[name][version]
         self.errors.pop(key, None)
+        self._refused.pop(key, None)
+        self._unloaded.discard(key)
+        self._hashes[key] = model.manifest.onnx.sha256
         self._models.setdefault(name, {})[version] = model
         log.info(
             "loaded model %s (%s, %s, %d state floats per session)",
@@ -265,10 +341,59 @@ class Registry:
         return model
 
     def default_version(self, name: str) -> str:
+        """The pinned version, else the highest one not draining (else the highest one)."""
         versions = self._models.get(name)
         if not versions:
             raise ModelNotFound(f"no model named {name!r}", model=name)
-        return max(versions, key=version_key)
+        pinned = self._pinned.get(name)
+        if pinned in versions and f"{name}/{pinned}" not in self._draining:
+            return pinned
+        open_ = [v for v in versions if f"{name}/{v}" not in self._draining]
+        return max(open_ or versions, key=version_key)
+
+    def pin_default(self, name: str, version: str | None) -> None:
+        """Make `version` the default of `name` (None: back to the highest one)."""
+        if version is None:
+            self._pinned.pop(name, None)
+            return
+        model = self.get(name, version)
+        if self.draining(model.key):
+            raise ModelNotFound(f"model {model.key} is being unloaded", model=name, version=version)
+        self._pinned[name] = version
+
+    def pinned(self, name: str) -> str | None:
+        return self._pinned.get(name)
+
+    def draining(self, key: str) -> bool:
+        return key in self._draining
+
+    def drain(self, model: LoadedModel) -> None:
+        """Keep `model` serving its sessions, closed to new ones (a pin on it is dropped)."""
+        self._draining.add(model.key)
+        if self._pinned.get(model.name) == model.version:
+            del self._pinned[model.name]
+
+    def undrain(self, model: LoadedModel) -> None:
+        self._draining.discard(model.key)
+
+    def draining_models(self) -> list[LoadedModel]:
+        return [m for m in self.all() if m.key in self._draining]
+
+    def remove(self, model: LoadedModel) -> None:
+        """Forget a version (unloaded on purpose: `scan` skips it until it is loaded again)."""
+        versions = self._models.get(model.name, {})
+        if versions.get(model.version) is model:
+            del versions[model.version]
+            if not versions:
+                del self._models[model.name]
+        self._draining.discard(model.key)
+        self._unloaded.add(model.key)
+        if self._pinned.get(model.name) == model.version:
+            del self._pinned[model.name]
+
+    def unloaded(self, key: str) -> bool:
+        """True for a version unloaded on purpose in this process (its sessions answer 410)."""
+        return key in self._unloaded
 
     def get(self, name: str, version: str | None = None) -> LoadedModel:
         versions = self._models.get(name)
@@ -302,5 +427,7 @@ class Registry:
         for name in sorted(self._models):
             default = self.default_version(name)
             for version in sorted(self._models[name], key=version_key):
-                infos.append(self._models[name][version].info(default=version == default))
+                model = self._models[name][version]
+                state: schemas.ModelState = "draining" if model.key in self._draining else "ready"
+                infos.append(model.info(default=version == default, state=state))
         return schemas.ModelList(models=infos)

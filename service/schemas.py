@@ -19,6 +19,9 @@ class _Request(BaseModel):
 # ---- models ------------------------------------------------------------------------------------
 
 
+ModelState = Literal["ready", "draining", "unloaded"]
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -29,10 +32,31 @@ class ModelInfo(BaseModel):
     features: list[str] | None = None
     vocab_size: int | None = None
     default: bool
+    state: ModelState = Field(
+        "ready",
+        description="ready: takes new sessions; draining: unloading, serves its sessions until they "
+        "end, takes no new ones; unloaded: gone (the answer to an unload)",
+    )
 
 
 class ModelList(BaseModel):
     models: list[ModelInfo]
+
+
+class SetDefault(BaseModel):
+    """`PUT /v1/admin/models/{name}/default`: the version new sessions get (null: the highest)."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: str | None
+
+
+class RepositoryEntry(BaseModel):
+    """One row of Triton's `POST /v2/repository/index`."""
+
+    name: str
+    version: str
+    state: Literal["READY", "UNAVAILABLE", "UNLOADING"]
+    reason: str = ""
 
 
 # ---- sessions ----------------------------------------------------------------------------------

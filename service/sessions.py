@@ -50,10 +50,12 @@ from service.errors import (
     SessionDeleted,
     SessionGone,
     SessionNotFound,
+    SessionUnloaded,
     ShuttingDown,
     StoreUnavailable,
 )
 from service.metrics import Metrics
+from service.model_control import ModelControl
 from service.predictors import LmPredictor, Predictor, make_predictor
 from service.predictors.base import Decoded, validate
 from service.registry import LoadedModel, Registry
@@ -118,6 +120,7 @@ class SessionManager:
         self._sweeper: asyncio.Task[None] | None = None
         self._snapshotter: asyncio.Task[None] | None = None
         self._stop_snapshots = asyncio.Event()
+        self.control = ModelControl(self)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -138,6 +141,7 @@ class SessionManager:
         self._sweeper = loop.create_task(self._sweep_forever(), name="session-sweeper")
         if path is not None and not self.store.persistent and self.settings.snapshot_interval_s > 0:
             self._snapshotter = loop.create_task(self._snapshot_forever(path), name="session-snapshots")
+        self.control.start()
         self._ready = True
 
     async def stop(self) -> None:
@@ -146,6 +150,7 @@ class SessionManager:
         if self._stopping:
             return
         self._stopping, self._ready = True, False
+        await self.control.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -217,12 +222,16 @@ class SessionManager:
         )
         return served
 
+    async def _unserve(self, key: str) -> None:
+        """Stop serving a version: its batcher runs what it has accepted, then stops."""
+        served = self._served.pop(key, None)
+        if served is not None:
+            await served.batcher.stop(self.settings.shutdown_drain_s)
+
     async def load_model(self, name: str, version: str) -> schemas.ModelInfo:
-        """Load a new version while serving (ArtifactError if it does not verify); returns its info."""
+        """Load a new version while serving (ArtifactRefused if it does not verify); returns its info."""
         self._check_open()
-        model = await asyncio.to_thread(self.registry.load, name, version)
-        self._serve(model)
-        return model.info(default=self.registry.default_version(name) == version)
+        return await self.control.load(name, version)
 
     def _load_snapshot(self, path: Path) -> None:
         try:
@@ -336,6 +345,12 @@ class SessionManager:
             state, seq = decode_snapshot(snapshot, model), snapshot.seq
         else:
             model = self.registry.get(body.model, body.version)
+        if self.registry.draining(model.key):
+            raise ModelNotFound(
+                f"model {model.key} is being unloaded: it serves its sessions but takes no new ones",
+                model=model.name,
+                version=model.version,
+            )
         self._serve(model)
         record = await self.store.create(model.key, owner, session_id=session_id, seq=seq, state=state)
         return self._info(record)
@@ -394,6 +409,12 @@ class SessionManager:
         served = self._served.get(record.model_key)
         if served is None:
             name, _, version = record.model_key.partition("/")
+            if self.registry.unloaded(record.model_key):
+                raise SessionUnloaded(
+                    f"session {record.session_id} was on {record.model_key}, which was unloaded",
+                    session_id=record.session_id,
+                    reason="unloaded",
+                )
             try:
                 served = self._serve(self.registry.get(name, version))
             except ModelNotFound as exc:

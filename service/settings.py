@@ -93,12 +93,27 @@ class Settings(BaseSettings):
     )
     api_keys_file: Path | None = Field(None, description="file with one API key per line")
 
+    # runtime model management (service/model_control.py)
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated bearer keys for the admin routes and Triton's repository API; "
+        "with API keys on and none of these, model management over HTTP is refused (403)",
+    )
+    watch_models_s: float = Field(
+        5.0, ge=0, description="poll the models directory for new versions this often (0: never)"
+    )
+    unload_policy: Literal["drain", "end"] = Field(
+        "drain",
+        description="unloading a version: drain (its sessions go on until they end, then it unloads) "
+        "or end (its sessions end at once and answer 410 session_unloaded)",
+    )
+
     # operations
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = Field(False, description="structured JSON log lines")
     shutdown_drain_s: float = Field(10.0, ge=0, description="longest wait for in-flight batches at stop")
 
-    _split = field_validator("providers", "api_keys", mode="before")(_split_commas)
+    _split = field_validator("providers", "api_keys", "admin_keys", mode="before")(_split_commas)
 
     @field_validator("snapshot_path", mode="before")
     @classmethod

@@ -7,6 +7,7 @@ and the training tests train their own models.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,3 +66,24 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
         write_artifact(net, root, f"sensor-{cell}", "1", TaskData(sensor=sensor), summary)
     return root
+
+
+def publish_version(source: Path, root: Path, name: str, version: str) -> Path:
+    """Publish `source` (an artifact directory) as `root/name/version` the way the README says:
+    copy into a hidden directory, rename the manifest, then one atomic rename into place."""
+    import json
+    import shutil
+
+    staging = root / name / f".{version}.tmp"
+    shutil.copytree(source, staging)
+    manifest = json.loads((staging / "manifest.json").read_text())
+    manifest.update(name=name, version=version)
+    (staging / "manifest.json").write_text(json.dumps(manifest))
+    final = root / name / version
+    staging.rename(final)
+    return final
+
+
+@pytest.fixture
+def publish() -> Callable[[Path, Path, str, str], Path]:
+    return publish_version

@@ -225,6 +225,12 @@ class SessionStore(Protocol):
 
     async def live_sessions(self, model_key: str) -> int: ...
 
+    async def end_all(self, model_key: str, reason: str) -> int:
+        """End every session of a model version this process stops serving (their ids answer 410
+        with `reason`); returns how many ended. A store shared by replicas may leave them to the
+        replicas that still serve the version (see its docstring)."""
+        ...
+
     def save(self, path: Path) -> int:
         """Write every session to `path` atomically; returns the count (memory backend only)."""
         ...

@@ -425,6 +425,14 @@ class MemoryStore:
         taken in one C-level step (snapshots take it on the event loop); some may be past their time."""
         return self._gone.items()
 
+    async def end_all(self, model_key: str, reason: str) -> int:
+        index = self._part_by_key.get(model_key)
+        if index is None:
+            return 0
+        rows = self._parts[index].live_rows()
+        self._end(index, rows, reason, self.clock())
+        return len(rows)
+
     def remember_ended(self, session_id: str, reason: str, owner: str | None, until_wall: float) -> None:
         """Restore a tombstone written by `tombstones` (a live session of that id keeps precedence)."""
         key = session_key(session_id)

@@ -490,6 +490,12 @@ class RedisStore:
             return 0
         return (await self._prune([self._parts[index]]))[0][1]
 
+    async def end_all(self, model_key: str, reason: str) -> int:
+        """Ends nothing: the sessions in Redis belong to every replica, and other replicas may still
+        serve that version. This replica answers 410 `session_unloaded` for them (the manager checks
+        the version) and Redis expires them after session_ttl_s idle."""
+        return 0
+
     def save(self, path: Path) -> int:
         """Nothing to write: Redis persists the sessions by itself (its RDB/AOF configuration)."""
         return 0
