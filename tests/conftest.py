@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from skip_summary import write_summary
 
 if TYPE_CHECKING:
     from training.model import Cell
@@ -87,3 +88,7 @@ def publish_version(source: Path, root: Path, name: str, version: str) -> Path:
 @pytest.fixture
 def publish() -> Callable[[Path, Path, str, str], Path]:
     return publish_version
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    write_summary(terminalreporter)

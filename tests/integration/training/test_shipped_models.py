@@ -49,7 +49,7 @@ def _chunks(
         states = {s["input"]: out[s["output"]] for s in manifest["onnx"]["states"]}
 
 
-@pytest.mark.skipif(not WIKITEXT.is_dir(), reason=f"WikiText-2 is not at {WIKITEXT} (see README: data)")
+@pytest.mark.skipif(not WIKITEXT.is_dir(), reason=f"WikiText-2 is not at {WIKITEXT} (README: Test data)")
 @pytest.mark.parametrize("split", ["valid", "test"])
 def test_lm_perplexity_in_the_manifest_is_what_the_artifact_scores(split: str) -> None:
     artifact = _shipped("lm")
