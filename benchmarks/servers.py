@@ -128,6 +128,7 @@ def histogram_delta(before: dict[str, dict[str, Any]], after: dict[str, dict[str
 def service_env(settings: Mapping[str, object]) -> dict[str, str]:
     """This process's environment without any RNNSERVE_* variable, plus `settings` as RNNSERVE_*."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RNNSERVE_")}
+    env["RNNSERVE_GRPC_PORT"] = ""  # benchmarks measure HTTP; several servers must not share port 8001
     env.update({f"RNNSERVE_{k.upper()}": str(v) for k, v in settings.items()})
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -57,6 +57,23 @@ async def _start(app: FastAPI, manager: SessionManager) -> bool:
     return True
 
 
+async def _start_grpc(app: FastAPI) -> Any:
+    """The KServe V2 gRPC server on RNNSERVE_GRPC_PORT (None when disabled); its bound port is kept in
+    `app.state.grpc_port` for the command line's banner."""
+    settings: Settings = app.state.settings
+    app.state.grpc_port = None
+    if settings.grpc_port is None:
+        return None
+    from service import grpc_server
+
+    server, port = await grpc_server.start(
+        app.state, app.version, settings.host, settings.grpc_port, settings.max_body_bytes
+    )
+    app.state.grpc_port = port
+    log.info("gRPC (KServe V2) listening on %s:%d", settings.host, port)
+    return server
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -71,10 +88,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.startup_error = None
     loading = asyncio.create_task(_start(app, manager), name="rnnserve-start")
     app.state.loading = loading
+    grpc = await _start_grpc(app)
     try:
         yield
     finally:
         app.state.shutting_down = True
+        if grpc is not None:  # in-flight gRPC calls finish first, as uvicorn lets HTTP ones finish
+            await grpc.stop(settings.shutdown_drain_s)
         if not loading.done():
             loading.cancel()
         # a manager that never started holds nothing to drain or snapshot

@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="interface to listen on (RNNSERVE_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port, 0 picks a free one (RNNSERVE_PORT, default 8000)")
+    serve.add_argument(
+        "--grpc-port",
+        type=_grpc_port,
+        help="KServe V2 / Triton gRPC port, 0 picks a free one, `off` disables gRPC "
+        "(RNNSERVE_GRPC_PORT, default 8001)",
+    )
     dir_help = "models directory (RNNSERVE_MODELS_DIR, default: the shipped models)"
     serve.add_argument("--models-dir", type=Path, help=dir_help)
     serve.add_argument(
@@ -107,10 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _grpc_port(value: str) -> str:
+    """`--grpc-port`: a port number, or `off` (the settings' empty value: gRPC disabled)."""
+    return "" if value.lower() == "off" else value
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides = {
         key: getattr(args, key)
-        for key in ("host", "port", "models_dir")
+        for key in ("host", "port", "models_dir", "grpc_port")
         if getattr(args, key, None) is not None
     }
     return Settings(**overrides)
@@ -142,11 +153,14 @@ def _serve(settings: Settings, workers: int) -> int:
                 file=sys.stderr,
             )
             return EXIT_USAGE
+        if settings.grpc_port is not None:
+            print("rnnserve serve: gRPC serves with --workers 1 only; it is off", file=sys.stderr)
         os.environ.update(
             {
                 "RNNSERVE_HOST": settings.host,
                 "RNNSERVE_PORT": str(settings.port),
                 "RNNSERVE_MODELS_DIR": str(settings.models_dir),
+                "RNNSERVE_GRPC_PORT": "",
             }
         )
         _announce(settings.host, settings.port)
@@ -171,7 +185,7 @@ async def _run_server(server: uvicorn.Server, app: FastAPI) -> int:
         while not server.started:
             await asyncio.sleep(0.02)
         host, port = server.servers[0].sockets[0].getsockname()[:2]
-        _announce(host, port)
+        _announce(host, port, app.state.grpc_port)
         loading: asyncio.Task[bool] = app.state.loading
         if not await loading:
             failed = True
@@ -185,9 +199,12 @@ async def _run_server(server: uvicorn.Server, app: FastAPI) -> int:
     return 1 if failed else 0
 
 
-def _announce(host: str, port: int) -> None:
-    base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+def _announce(host: str, port: int, grpc_port: int | None = None) -> None:
+    name = f"[{host}]" if ":" in host else host
+    base = f"http://{name}:{port}"
     print(f"rnnserve listening on {base}  (API docs {base}/docs, metrics {base}/metrics)", flush=True)
+    if grpc_port is not None:
+        print(f"rnnserve gRPC (KServe V2) listening on {name}:{grpc_port}", flush=True)
 
 
 # ---- models --------------------------------------------------------------------------------------

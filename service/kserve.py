@@ -14,28 +14,31 @@ sequence, and the sequence's state lives on the server between requests.
   sequence of the same id is replaced), later requests step it, `sequence_end` deletes it after the
   step. A request without `sequence_start` for an unknown id is refused (400), as Triton does; one for
   a sequence that ended answers 410.
-- input `x`: lm INT64 (or INT32) token ids [1, T]; sensor FP32 (or FP64) raw readings [1, T, F]. JSON
-  `data` (flat, row-major, or nested) or binary tensor data (Triton's `binary_tensor_data` extension:
-  `Inference-Header-Content-Length` and `parameters.binary_data_size`). One sequence per request.
-- outputs (JSON data; a null where the API v1 answer has null, e.g. the first event's score):
-  lm:     TOKEN_LOGPROB FP32 [1, T], TOPK_IDS INT64 [1, T, k], TOPK_PROBS FP32 [1, T, k]
+- input `x`: lm INT64 (or INT32) token ids [1, T]; sensor FP32 (or FP64) raw readings [1, T, F]; or, for
+  lm, `TEXT` BYTES [1]: one string, split into words as API v1's `text`. JSON `data` (flat, row-major,
+  or nested) or binary tensor data (Triton's `binary_tensor_data` extension). One sequence per request
+  (batch size 1, Triton's rule for sequence models: the server batches many sequences' steps itself).
+- outputs (service/v2_tensors.py renders them as JSON data or binary data, as the request asks):
+  lm:     TOKEN_LOGPROB FP32 [1, T], TOPK_IDS INT64 [1, T, k], TOPK_PROBS FP32 [1, T, k],
+          TOKEN_IDS INT64 [1, T] (the ids read, <unk> for unknown words), TOPK_TOKENS BYTES [1, T, k]
           (k: request parameter `top_k`, default 5; `<unk>` and `<eos>` included unless the
           parameter `include_special` is false)
   sensor: PREDICTED_MEAN FP32 [1, T, F], PREDICTED_STD FP32 [1, T, F], SCORE FP32 [1, T],
           PROBABILITY FP32 [1, T], IS_ANOMALY BOOL [1, T]
+  The first event of a sequence predicts nothing (API v1 answers null): TOKEN_LOGPROB, SCORE and
+  PROBABILITY carry 0.0 there and IS_ANOMALY false.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from service import schemas
-from service.error_handlers import json_object
 from service.errors import (
     BadRequest,
     InvalidInput,
@@ -44,12 +47,20 @@ from service.errors import (
     SessionGone,
     SessionNotFound,
 )
+from service.registry import LoadedModel
 from service.sessions import SessionManager
+from service.v2_tensors import Tensor, decode_values
 
-_NUMPY_DTYPES = {"INT64": "<i8", "INT32": "<i4", "FP32": "<f4", "FP64": "<f8"}
 _INPUT_DTYPES = {"lm": ("INT64", "INT32"), "sensor": ("FP32", "FP64")}
+TEXT_INPUT = "TEXT"  # lm: one BYTES element of text, read as API v1's `text`
 OUTPUTS: dict[str, dict[str, tuple[str, int]]] = {  # name -> (datatype, rank)
-    "lm": {"TOKEN_LOGPROB": ("FP32", 2), "TOPK_IDS": ("INT64", 3), "TOPK_PROBS": ("FP32", 3)},
+    "lm": {
+        "TOKEN_LOGPROB": ("FP32", 2),
+        "TOPK_IDS": ("INT64", 3),
+        "TOPK_PROBS": ("FP32", 3),
+        "TOKEN_IDS": ("INT64", 2),
+        "TOPK_TOKENS": ("BYTES", 3),
+    },
     "sensor": {
         "PREDICTED_MEAN": ("FP32", 3),
         "PREDICTED_STD": ("FP32", 3),
@@ -62,54 +73,56 @@ DEFAULT_TOP_K = 5
 _SEQUENCE_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 
-def _flatten(data: Any) -> list[Any]:
-    if isinstance(data, list):
-        return [item for part in data for item in _flatten(part)]
-    return [data]
+@dataclass(frozen=True)
+class InferResult:
+    """One inference's answer, before a transport renders it: the header fields and the tensors, each
+    with whether it goes as binary data (HTTP; gRPC always sends raw contents)."""
+
+    header: dict[str, Any]
+    outputs: list[tuple[Tensor, bool]]
 
 
-def decode_body(body: bytes, header_length: int | None) -> tuple[dict[str, Any], bytes]:
-    """The JSON header and the binary tail (empty without the binary extension)."""
-    if header_length is not None and not 0 < header_length <= len(body):
-        raise BadRequest(f"Inference-Header-Content-Length {header_length} does not fit the body")
-    head, tail = (body[:header_length], body[header_length:]) if header_length else (body, b"")
-    return json_object(head, "the inference request"), tail
-
-
-def decode_input(request: dict[str, Any], tail: bytes, task: str) -> np.ndarray:
-    """The `x` tensor of a request, checked for name, datatype, shape and size."""
+def decode_input(request: dict[str, Any], tail: bytes, task: str) -> np.ndarray | str:
+    """The request's one input: `x` (checked for datatype, shape and size), or an lm's TEXT string."""
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise BadRequest("give exactly one input tensor, `x`")
+        names = "`x` or `TEXT`" if task == "lm" else "`x`"
+        raise BadRequest(f"give exactly one input tensor, {names}")
     spec = inputs[0]
     name, datatype, raw_shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
+    shape: list[int] = []
+    if isinstance(raw_shape, list) and all(isinstance(d, int) and d >= 0 for d in raw_shape):
+        shape = [int(d) for d in raw_shape]
+    binary_size = (spec.get("parameters") or {}).get("binary_data_size")
+    raw: bytes | None = None
+    if binary_size is not None:
+        if not isinstance(binary_size, int) or binary_size != len(tail):
+            raise BadRequest(f"binary_data_size {binary_size} does not match the {len(tail)} binary bytes")
+        raw = tail
+    if task == "lm" and name == TEXT_INPUT:
+        if datatype != "BYTES" or shape not in ([1], [1, 1]):
+            raise InvalidInput("input TEXT is BYTES of shape [1] (or [1, 1]): one string", shape=shape)
+        item = decode_values("BYTES", shape, spec.get("data"), raw, "input TEXT").reshape(-1)[0]
+        try:
+            return bytes(item).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput("input TEXT is not UTF-8 text") from None
     if name != "x":
-        raise BadRequest(f"unknown input {name!r}; the model's input is `x`")
+        known = "`x` or `TEXT`" if task == "lm" else "`x`"
+        raise BadRequest(f"unknown input {name!r}; the model's input is {known}")
     if datatype not in _INPUT_DTYPES[task]:
         accepted = " or ".join(_INPUT_DTYPES[task])
         raise InvalidInput(f"input x of a {task} model takes {accepted}, not {datatype}")
     rank = 2 if task == "lm" else 3
-    shape: list[int] = []
-    if isinstance(raw_shape, list) and all(isinstance(d, int) and d >= 0 for d in raw_shape):
-        shape = [int(d) for d in raw_shape]
     if len(shape) != rank:
         raise InvalidInput(f"input x of a {task} model has shape {'[1, T]' if rank == 2 else '[1, T, F]'}")
     if shape[0] != 1:
-        raise InvalidInput("one sequence per request: the first dimension of x must be 1", shape=shape)
-    dtype = np.dtype(_NUMPY_DTYPES[datatype])
-    binary_size = (spec.get("parameters") or {}).get("binary_data_size")
-    if binary_size is not None:
-        if not isinstance(binary_size, int) or binary_size != len(tail):
-            raise BadRequest(f"binary_data_size {binary_size} does not match the {len(tail)} binary bytes")
-        values = np.frombuffer(tail, dtype=dtype)
-    else:
-        try:
-            values = np.asarray(_flatten(spec.get("data")), dtype=dtype)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise InvalidInput(f"input x: data is not {datatype} ({exc})") from None
-    if values.size != math.prod(shape):
-        raise InvalidInput(f"input x: shape {shape} needs {math.prod(shape)} values, got {values.size}")
-    return values.reshape(shape)
+        raise InvalidInput(
+            "one sequence per request (Triton's rule for sequence models): the first dimension of x "
+            "must be 1; the server batches the steps of many sequences itself",
+            shape=shape,
+        )
+    return decode_values(datatype, shape, spec.get("data"), raw, "input x")
 
 
 def sequence_params(request: dict[str, Any]) -> tuple[int | str | None, bool, bool]:
@@ -129,50 +142,88 @@ def sequence_params(request: dict[str, Any]) -> tuple[int | str | None, bool, bo
     return sequence_id, bool(params.get("sequence_start", False)), bool(params.get("sequence_end", False))
 
 
-def _tensor(name: str, datatype: str, shape: list[int], data: list[Any]) -> dict[str, Any]:
-    return {"name": name, "datatype": datatype, "shape": shape, "data": data}
+def _fp32(values: list[float | None]) -> np.ndarray:
+    """FP32 values; the first event of a sequence has no prediction to compare with (API v1 answers
+    null): V2 carries 0.0 there, as the README says, since JSON has no NaN and strict clients refuse
+    null."""
+    return np.array([0.0 if v is None else v for v in values], dtype=np.float32)
 
 
-def encode_outputs(
-    step: schemas.StepResponse, task: str, vocab_index: dict[str, int], wanted: list[str]
-) -> list[dict[str, Any]]:
-    """The step's per-event outputs as V2 tensors, in the order asked for."""
+def encode_outputs(step: schemas.StepResponse, task: str, vocab_index: dict[str, int]) -> dict[str, Tensor]:
+    """The step's per-event outputs as V2 tensors, by name."""
     t = len(step.outputs)
-    tensors: dict[str, dict[str, Any]] = {}
+    arrays: dict[str, np.ndarray] = {}
     if task == "lm":
         lm = [o for o in step.outputs if isinstance(o, schemas.LmOutput)]
         k = len(lm[0].next) if lm else 0
-        tensors["TOKEN_LOGPROB"] = _tensor("TOKEN_LOGPROB", "FP32", [1, t], [o.logprob for o in lm])
-        tensors["TOPK_IDS"] = _tensor(
-            "TOPK_IDS", "INT64", [1, t, k], [vocab_index[n.token] for o in lm for n in o.next]
-        )
-        tensors["TOPK_PROBS"] = _tensor("TOPK_PROBS", "FP32", [1, t, k], [n.prob for o in lm for n in o.next])
+        arrays["TOKEN_LOGPROB"] = _fp32([o.logprob for o in lm]).reshape(1, t)
+        arrays["TOPK_IDS"] = np.array(
+            [vocab_index[n.token] for o in lm for n in o.next], dtype=np.int64
+        ).reshape(1, t, k)
+        arrays["TOPK_PROBS"] = _fp32([n.prob for o in lm for n in o.next]).reshape(1, t, k)
+        arrays["TOKEN_IDS"] = np.array([o.token_id for o in lm], dtype=np.int64).reshape(1, t)
+        arrays["TOPK_TOKENS"] = np.array(
+            [n.token.encode("utf-8") for o in lm for n in o.next] or [], dtype=object
+        ).reshape(1, t, k)
     else:
         sensor = [o for o in step.outputs if isinstance(o, schemas.SensorOutput)]
         f = len(sensor[0].predicted_mean) if sensor else 0
-        tensors["PREDICTED_MEAN"] = _tensor(
-            "PREDICTED_MEAN", "FP32", [1, t, f], [v for o in sensor for v in o.predicted_mean]
-        )
-        tensors["PREDICTED_STD"] = _tensor(
-            "PREDICTED_STD", "FP32", [1, t, f], [v for o in sensor for v in o.predicted_std]
-        )
-        tensors["SCORE"] = _tensor("SCORE", "FP32", [1, t], [o.score for o in sensor])
-        tensors["PROBABILITY"] = _tensor("PROBABILITY", "FP32", [1, t], [o.probability for o in sensor])
-        tensors["IS_ANOMALY"] = _tensor("IS_ANOMALY", "BOOL", [1, t], [o.is_anomaly for o in sensor])
-    return [tensors[name] for name in wanted]
+        arrays["PREDICTED_MEAN"] = _fp32([v for o in sensor for v in o.predicted_mean]).reshape(1, t, f)
+        arrays["PREDICTED_STD"] = _fp32([v for o in sensor for v in o.predicted_std]).reshape(1, t, f)
+        arrays["SCORE"] = _fp32([o.score for o in sensor]).reshape(1, t)
+        arrays["PROBABILITY"] = _fp32([o.probability for o in sensor]).reshape(1, t)
+        arrays["IS_ANOMALY"] = np.array([bool(o.is_anomaly) for o in sensor], dtype=bool).reshape(1, t)
+    return {name: Tensor(name, OUTPUTS[task][name][0], array) for name, array in arrays.items()}
 
 
-def requested_outputs(request: dict[str, Any], task: str) -> list[str]:
+def _binary_flag(params: Any, where: str, default: bool) -> bool:
+    if params is None:
+        return default
+    if not isinstance(params, dict):
+        raise BadRequest(f"{where} `parameters` must be an object")
+    flag = params.get("binary_data", default)
+    if not isinstance(flag, bool):
+        raise BadRequest(f"{where} parameter binary_data must be true or false")
+    return flag
+
+
+def requested_outputs(request: dict[str, Any], task: str) -> list[tuple[str, bool]]:
+    """(name, as binary data) of each output asked for, in order; every output when none is named.
+
+    Binary or JSON as Triton decides: an output's own `binary_data` parameter, else the request's
+    `binary_data_output` parameter, else JSON."""
+    params = request.get("parameters") or {}
+    everything = params.get("binary_data_output", False) if isinstance(params, dict) else False
+    if not isinstance(everything, bool):
+        raise BadRequest("parameter binary_data_output must be true or false")
     asked = request.get("outputs")
     if asked is None:
-        return list(OUTPUTS[task])
+        return [(name, everything) for name in OUTPUTS[task]]
     if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
         raise BadRequest("`outputs` must be a list of objects with a `name`")
     names = [o.get("name") for o in asked]
     unknown = [n for n in names if n not in OUTPUTS[task]]
     if unknown:
         raise BadRequest(f"unknown output(s) {unknown}; a {task} model has {sorted(OUTPUTS[task])}")
-    return [str(n) for n in names]
+    return [
+        (str(o["name"]), _binary_flag(o.get("parameters"), f"output {o['name']}", everything)) for o in asked
+    ]
+
+
+def _lm_payload(model: LoadedModel, x: np.ndarray | str, parameters: dict[str, Any]) -> dict[str, Any]:
+    # a V2 client reads ids: the model's own top-k, specials included, unless it asks otherwise
+    options = {
+        "top_k": parameters.get("top_k", DEFAULT_TOP_K),
+        "include_special": parameters.get("include_special", True),
+    }
+    if isinstance(x, str):
+        return {"text": x, **options}
+    vocab = model.vocab or []
+    ids = x[0].tolist()
+    bad = [i for i in ids if not 0 <= i < len(vocab)]
+    if bad:
+        raise InvalidInput(f"token ids must lie in [0, {len(vocab)})", ids=bad[:10])
+    return {"tokens": [vocab[i] for i in ids], **options}
 
 
 async def infer(
@@ -180,30 +231,20 @@ async def infer(
     owner: str | None,
     name: str,
     version: str | None,
-    body: bytes,
-    header_length: int | None,
-) -> dict[str, Any]:
-    """One V2 inference request: decode, step the sequence's session, encode."""
+    request: dict[str, Any],
+    tail: bytes = b"",
+) -> InferResult:
+    """One V2 inference request, whatever its transport: `request` is the JSON header (gRPC builds the
+    same shape), `tail` the binary tensor data. Decode, step the sequence's session, encode."""
     model = manager.registry.get(name, version)
-    request, tail = decode_body(body, header_length)
     sequence_id, start, end = sequence_params(request)
     x = decode_input(request, tail, model.task)
     wanted = requested_outputs(request, model.task)
     payload: dict[str, Any]
     if model.task == "lm":
-        vocab = model.vocab or []
-        ids = x[0].tolist()
-        bad = [i for i in ids if not 0 <= i < len(vocab)]
-        if bad:
-            raise InvalidInput(f"token ids must lie in [0, {len(vocab)})", ids=bad[:10])
-        parameters = request.get("parameters") or {}
-        # a V2 client reads ids: the model's own top-k, specials included, unless it asks otherwise
-        payload = {
-            "tokens": [vocab[i] for i in ids],
-            "top_k": parameters.get("top_k", DEFAULT_TOP_K),
-            "include_special": parameters.get("include_special", True),
-        }
+        payload = _lm_payload(model, x, request.get("parameters") or {})
     else:
+        assert isinstance(x, np.ndarray)
         payload = {"readings": x[0].astype(np.float64).tolist()}
     if sequence_id is None:
         created = await manager.create(schemas.CreateSession(model=name, version=version), owner)
@@ -231,13 +272,14 @@ async def infer(
         if end:
             with contextlib.suppress(ServiceError):  # already ended
                 await manager.delete(session_id, owner)
-    return {
+    tensors = encode_outputs(step, model.task, model.vocab_index)
+    header = {
         "model_name": model.name,
         "model_version": model.version,
         **({"id": request["id"]} if isinstance(request.get("id"), str) else {}),
         "parameters": {"sequence_id": sequence_id, "seq": step.seq} if sequence_id is not None else {},
-        "outputs": encode_outputs(step, model.task, model.vocab_index, wanted),
     }
+    return InferResult(header, [(tensors[n], binary) for n, binary in wanted])
 
 
 def model_metadata(manager: SessionManager, name: str, version: str | None) -> dict[str, Any]:
@@ -253,9 +295,12 @@ def model_metadata(manager: SessionManager, name: str, version: str | None) -> d
         "name": name,
         "versions": [m.version for m in infos],
         "platform": "onnxruntime_onnx",
-        "inputs": [{"name": "x", "datatype": _INPUT_DTYPES[info.task][0], "shape": x_shape}],
+        "inputs": [
+            {"name": "x", "datatype": _INPUT_DTYPES[info.task][0], "shape": x_shape},
+            *([{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [1]}] if info.task == "lm" else []),
+        ],
         "outputs": [
-            {"name": out, "datatype": datatype, "shape": [1, -1] if rank == 2 else [1, -1, -1]}
+            {"name": out, "datatype": datatype, "shape": [1, -1] if rank == 2 else [1, -1, features or -1]}
             for out, (datatype, rank) in OUTPUTS[info.task].items()
         ],
         "parameters": {

@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     # where and what to serve
     host: str = Field("127.0.0.1", description="interface to listen on")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one)")
+    grpc_port: int | None = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="KServe V2 / Triton gRPC port (0 picks a free one; empty disables gRPC)",
+    )
     models_dir: Path = Field(
         DEFAULT_MODELS_DIR,
         description="registry root: <name>/<version>/ artifacts (default: the shipped models, installed "
@@ -115,7 +121,7 @@ class Settings(BaseSettings):
 
     _split = field_validator("providers", "api_keys", "admin_keys", mode="before")(_split_commas)
 
-    @field_validator("snapshot_path", mode="before")
+    @field_validator("snapshot_path", "grpc_port", mode="before")
     @classmethod
     def _empty_disables(cls, value: object) -> object:
         return None if value == "" else value

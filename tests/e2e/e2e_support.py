@@ -38,6 +38,7 @@ MAX_BODY = 16384
 MAX_TOP_K = 20
 TOP_K = 5  # what the streaming tests ask for
 _BANNER = re.compile(r"rnnserve listening on (http://\S+)")
+_GRPC_BANNER = re.compile(r"rnnserve gRPC \(KServe V2\) listening on (\S+)")
 
 
 def auth(key: str = KEYS[0]) -> dict[str, str]:
@@ -62,6 +63,7 @@ class ServerProcess:
         self.log_path = (log_dir or workdir) / f"server-{time.monotonic_ns()}.log"
         env: dict[str, str | None] = {k: v for k, v in os.environ.items() if not k.startswith("RNNSERVE_")}
         env.update({"RNNSERVE_SNAPSHOT_PATH": str(workdir / "sessions.snapshot")})
+        env["RNNSERVE_GRPC_PORT"] = "0"  # never Triton's 8001: servers of parallel tests would collide
         env.update({f"RNNSERVE_{k.upper()}": v for k, v in settings.items()})
         env.update(environ or {})
         models = [] if models_dir is None else ["--models-dir", str(models_dir)]
@@ -88,6 +90,14 @@ class ServerProcess:
                 raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log()}")
             time.sleep(0.05)
         raise RuntimeError(f"the server did not start within {timeout_s}s:\n{self.log()}")
+
+    @property
+    def grpc_address(self) -> str:
+        """`host:port` of the server's gRPC service (printed right after the HTTP banner)."""
+        found = _GRPC_BANNER.search(self.log())
+        if found is None:
+            raise RuntimeError(f"the server announced no gRPC port:\n{self.log()}")
+        return found.group(1)
 
     def wait_ready(self, timeout_s: float = 60.0) -> ServerProcess:
         deadline = time.monotonic() + timeout_s
