@@ -152,3 +152,32 @@ def test_bad_inference_requests(client: httpx.Client) -> None:
         401,
         "unauthorized",
     )
+
+
+def test_vocab_extensions_and_no_version_query(
+    server: ServerProcess, client: httpx.Client, references: dict[str, Reference]
+) -> None:
+    vocab = client.get("/v2/models/lm-gru/vocab").json()
+    assert vocab["vocab"] == references["lm-gru"].vocab and vocab["version"] == "1"
+    assert client.get("/v2/models/lm-gru/versions/1/vocab").json() == vocab
+    v2_error(client.get("/v2/models/sensor-gru/vocab"), 400, "bad_request")
+    # Triton extensions this server does not implement: a 400 that says so, not a bare 404
+    for method, path in [
+        ("GET", "/v2/trace/setting"),
+        ("POST", "/v2/models/lm-gru/trace/setting"),
+        ("GET", "/v2/logging"),
+        ("GET", "/v2/systemsharedmemory/status"),
+        ("POST", "/v2/cudasharedmemory/region/r0/register"),
+        ("POST", "/v2/models/lm-gru/generate"),
+    ]:
+        response = client.request(method, path)
+        v2_error(response, 400, "extension_not_supported")
+        assert "statistics" in response.json()["error"]
+    # a version is a path segment only: no `version` query parameter on the unversioned routes
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    for path, item in schema["paths"].items():
+        if path.startswith("/v2/") and "{version}" not in path:
+            for operation in item.values():
+                assert "version" not in {p["name"] for p in operation.get("parameters", [])}, path
+    config = client.get("/v2/models/lm-gru/config", params={"version": "9"})
+    assert config.status_code == 200 and config.json()["name"] == "lm-gru"

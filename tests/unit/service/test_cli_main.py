@@ -54,6 +54,20 @@ def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     ).models_dir == Path("x")
 
 
+def test_grpc_port_flag_environment_and_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    def grpc_port(*flags: str) -> int | None:
+        return cli.settings_from_args(cli.build_parser().parse_args(["serve", *flags])).grpc_port
+
+    monkeypatch.delenv("RNNSERVE_GRPC_PORT", raising=False)
+    assert grpc_port() == 8001  # Triton's default
+    monkeypatch.setenv("RNNSERVE_GRPC_PORT", "9002")
+    assert grpc_port() == 9002
+    assert grpc_port("--grpc-port", "0") == 0
+    assert grpc_port("--grpc-port", "off") is None
+    monkeypatch.setenv("RNNSERVE_GRPC_PORT", "")
+    assert grpc_port() is None  # empty disables, as for the snapshot path
+
+
 def test_invalid_settings_are_refused_before_serving(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

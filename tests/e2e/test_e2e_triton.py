@@ -1,0 +1,287 @@
+"""Triton conformance: the server driven only through Triton's own clients, `tritonclient.http` and
+`tritonclient.grpc` (bidirectional stream included), as a Triton user would, with no workaround.
+
+Every number the server answers is checked against ONNX Runtime run in this process on the same
+artifact (`Reference`, no service code): whole-sequence runs from the zero state, so a sequence split
+over several requests, transports and interleavings must give the same outputs as one call.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tgrpc
+import tritonclient.http as thttp
+from e2e_support import KEYS, Reference, ServerProcess, close
+from tritonclient.utils import InferenceServerException
+
+pytestmark = pytest.mark.e2e
+
+
+def bearer() -> dict[str, str]:
+    """A fresh headers dict per call: tritonclient.http adds Inference-Header-Content-Length to the
+    dict it is given, which would then go with the next request."""
+    return {"authorization": f"Bearer {KEYS[0]}"}
+
+
+LM, SENSOR = "lm-gru", "sensor-lstm"
+
+
+@pytest.fixture(scope="module")
+def http(server: ServerProcess) -> Iterator[thttp.InferenceServerClient]:
+    client = thttp.InferenceServerClient(server.url.removeprefix("http://"))
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def grpc(server: ServerProcess) -> Iterator[tgrpc.InferenceServerClient]:
+    client = tgrpc.InferenceServerClient(server.grpc_address)
+    yield client
+    client.close()
+
+
+def lm_input(module: Any, ids: list[int], binary: bool = True) -> Any:
+    x = module.InferInput("x", [1, len(ids)], "INT64")
+    if module is thttp:
+        x.set_data_from_numpy(np.asarray([ids], np.int64), binary_data=binary)
+    else:
+        x.set_data_from_numpy(np.asarray([ids], np.int64))
+    return x
+
+
+def sensor_input(module: Any, readings: np.ndarray) -> Any:
+    x = module.InferInput("x", [1, *readings.shape], "FP32")
+    x.set_data_from_numpy(readings[None].astype(np.float32))
+    return x
+
+
+def check_lm(got: dict[str, np.ndarray], reference: Reference, ids: list[int], top_k: int) -> None:
+    """Concatenated outputs of one sequence against one whole-sequence ONNX Runtime call."""
+    expected = reference.lm([reference.vocab[i] for i in ids], top_k)
+    assert got["TOKEN_LOGPROB"].shape == (1, len(ids)) and got["TOKEN_LOGPROB"].dtype == np.float32
+    assert got["TOKEN_LOGPROB"][0, 0] == 0.0  # the first event predicts nothing: 0.0, never null
+    for t, want in enumerate(expected):
+        if t:
+            assert close(float(got["TOKEN_LOGPROB"][0, t]), want["logprob"]), t
+        words = [w for w, _ in want["next"]]
+        assert [reference.vocab[i] for i in got["TOPK_IDS"][0, t]] == words, t
+        # BYTES: bytes from binary data, str from JSON data (tritonclient keeps what it was sent)
+        assert [w.decode() if isinstance(w, bytes) else w for w in got["TOPK_TOKENS"][0, t]] == words, t
+        for p, (_, w) in zip(got["TOPK_PROBS"][0, t], want["next"], strict=True):
+            assert close(float(p), w), t
+    assert got["TOKEN_IDS"][0].tolist() == ids
+
+
+def joined(results: list[Any], names: list[str]) -> dict[str, np.ndarray]:
+    return {n: np.concatenate([r.as_numpy(n) for r in results], axis=1) for n in names}
+
+
+LM_OUTPUTS = ["TOKEN_LOGPROB", "TOPK_IDS", "TOPK_PROBS", "TOKEN_IDS", "TOPK_TOKENS"]
+
+
+def test_health_metadata_and_config(
+    http: thttp.InferenceServerClient, grpc: tgrpc.InferenceServerClient, references: dict[str, Reference]
+) -> None:
+    assert http.is_server_live() and http.is_server_ready()
+    assert grpc.is_server_live() and grpc.is_server_ready()
+    for client in (http, grpc):
+        assert client.is_model_ready(LM, headers=bearer())
+    assert not grpc.is_model_ready("no-such-model", headers=bearer())
+    extensions = set(http.get_server_metadata()["extensions"])
+    assert {"sequence", "binary_tensor_data", "model_configuration", "statistics"} <= extensions
+    assert set(grpc.get_server_metadata().extensions) == extensions
+
+    meta = http.get_model_metadata(SENSOR, headers=bearer())
+    grpc_meta = grpc.get_model_metadata(SENSOR, headers=bearer(), as_json=True)
+    features = len(references[SENSOR].manifest.sensor.features)  # type: ignore[union-attr]
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [1, -1, features]}]
+    assert [(i["name"], i["datatype"]) for i in grpc_meta["inputs"]] == [("x", "FP32")]
+    assert [o["name"] for o in grpc_meta["outputs"]] == [o["name"] for o in meta["outputs"]]
+
+    for name in (LM, SENSOR):
+        manifest = references[name].manifest
+        config = http.get_model_config(name, headers=bearer())
+        grpc_config = grpc.get_model_config(name, headers=bearer()).config
+        layers, hidden = manifest.state_shape
+        states = config["sequence_batching"]["state"]
+        assert [(s["input_name"], s["output_name"]) for s in states] == [
+            (s.input, s.output) for s in manifest.onnx.states
+        ]
+        assert all(s["dims"] == [layers, hidden] and s["initial_state"][0]["zero_data"] for s in states)
+        assert config["max_batch_size"] >= 1 and config["platform"] == "onnxruntime_onnx"
+        assert grpc_config.max_batch_size == config["max_batch_size"]
+        assert [s.input_name for s in grpc_config.sequence_batching.state] == [
+            s.input for s in manifest.onnx.states
+        ]
+        assert [(o.name, o.data_type) for o in grpc_config.output] == [
+            (o["name"], tgrpc.model_config_pb2.DataType.Value(o["data_type"])) for o in config["output"]
+        ]
+    lm_inputs = http.get_model_config(LM, headers=bearer())["input"]
+    assert [(i["name"], i["data_type"]) for i in lm_inputs] == [("x", "TYPE_INT64"), ("TEXT", "TYPE_STRING")]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_lm_sequence_over_http(
+    http: thttp.InferenceServerClient, references: dict[str, Reference], binary: bool
+) -> None:
+    """start / continue / end with an integer id; inputs and outputs binary or JSON."""
+    ids = [3, 9, 0, 17, 22, 5, 30]
+    outputs = [thttp.InferRequestedOutput(n, binary_data=binary) for n in LM_OUTPUTS]
+    sid = 4100 + binary
+    parts = [ids[:3], ids[3:6], ids[6:]]
+    results = [
+        http.infer(
+            LM,
+            [lm_input(thttp, part, binary)],
+            outputs=outputs,
+            sequence_id=sid,
+            sequence_start=i == 0,
+            sequence_end=i == 2,
+            parameters={"top_k": 4},
+            headers=bearer(),
+        )
+        for i, part in enumerate(parts)
+    ]
+    assert [r.get_response()["parameters"]["seq"] for r in results] == [3, 6, 7]
+    check_lm(joined(results, LM_OUTPUTS), references[LM], ids, 4)
+    with pytest.raises(InferenceServerException, match="was deleted"):  # the sequence ended
+        http.infer(LM, [lm_input(thttp, [1])], sequence_id=sid, headers=bearer())
+
+
+def test_interleaved_sequences_over_grpc(
+    grpc: tgrpc.InferenceServerClient, references: dict[str, Reference]
+) -> None:
+    """Two sensor sequences (a string id and an integer id) stepped in turn over gRPC."""
+    reference = references[SENSOR]
+    spec = reference.manifest.sensor
+    assert spec is not None
+    rng = np.random.default_rng(5)
+    readings = {
+        sid: np.asarray(spec.mean) + np.asarray(spec.std) * rng.normal(0, 1.5, (5, len(spec.mean)))
+        for sid in ("pump-a", 8101)
+    }
+    got: dict[Any, list[Any]] = {sid: [] for sid in readings}
+    for t in range(5):
+        for sid, values in readings.items():
+            got[sid].append(
+                grpc.infer(
+                    SENSOR,
+                    [sensor_input(tgrpc, values[t : t + 1])],
+                    sequence_id=sid,
+                    sequence_start=t == 0,
+                    sequence_end=t == 4,
+                    headers=bearer(),
+                )
+            )
+    for sid, values in readings.items():
+        expected = reference.sensor(values.astype(np.float32).astype(np.float64).tolist())
+        out = joined(got[sid], ["SCORE", "PROBABILITY", "PREDICTED_MEAN", "IS_ANOMALY"])
+        assert out["SCORE"][0, 0] == 0.0 and not out["IS_ANOMALY"][0, 0]
+        for t in range(1, 5):
+            assert close(float(out["SCORE"][0, t]), expected[t]["score"]), (sid, t)
+            assert close(float(out["PROBABILITY"][0, t]), expected[t]["probability"]), (sid, t)
+        mean = (out["PREDICTED_MEAN"][0] - np.asarray(spec.mean)) / np.asarray(spec.std)
+        assert np.allclose(mean, [e["mean"] for e in expected], rtol=1e-4, atol=1e-4)
+        assert got[sid][-1].get_response().parameters["seq"].int64_param == 5
+
+
+def test_grpc_bidirectional_stream(
+    grpc: tgrpc.InferenceServerClient, references: dict[str, Reference]
+) -> None:
+    """A sequence streamed over ModelStreamInfer; a bad request in the middle answers an error on the
+    stream, changes nothing, and the stream goes on."""
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    grpc.start_stream(callback=lambda result, error: answers.put((result, error)), headers=bearer())
+    ids = [4, 8, 15, 16, 23, 4, 2]
+    try:
+        for i, part in enumerate([ids[:2], ids[2:5], None, ids[5:]]):
+            if part is None:  # an unknown model: an error on the stream
+                grpc.async_stream_infer("no-such-model", [lm_input(tgrpc, [1])], request_id="bad")
+                continue
+            grpc.async_stream_infer(
+                LM,
+                [lm_input(tgrpc, part)],
+                request_id=f"r{i}",
+                sequence_id="stream-1",
+                sequence_start=i == 0,
+                sequence_end=i == 3,
+                parameters={"top_k": 3},
+            )
+        received = [answers.get(timeout=30) for _ in range(4)]
+    finally:
+        grpc.stop_stream()
+    errors = [error for _, error in received if error is not None]
+    assert len(errors) == 1 and "no-such-model" in str(errors[0])
+    results = [result for result, error in received if error is None]
+    assert [r.get_response().id for r in results] == ["r0", "r1", "r3"]  # in order
+    check_lm(joined(results, LM_OUTPUTS), references[LM], ids, 3)
+
+
+def test_text_input_both_transports(
+    http: thttp.InferenceServerClient, grpc: tgrpc.InferenceServerClient, references: dict[str, Reference]
+) -> None:
+    """lm takes text as a BYTES tensor and answers the words it read and the top-k words."""
+    reference = references[LM]
+    words = ["w3", "w7", "not-a-word", "w12"]
+    unk = reference.vocab.index("<unk>")
+    expected_ids = [reference.vocab.index(w) if w in reference.vocab else unk for w in words]
+    for module, client in ((thttp, http), (tgrpc, grpc)):
+        text = module.InferInput("TEXT", [1], "BYTES")
+        text.set_data_from_numpy(np.array([" ".join(words).encode()], dtype=object))
+        result = client.infer(LM, [text], parameters={"top_k": 2}, headers=bearer())
+        assert result.as_numpy("TOKEN_IDS")[0].tolist() == expected_ids
+        check_lm({n: result.as_numpy(n) for n in LM_OUTPUTS}, reference, expected_ids, 2)
+
+
+def test_errors_and_auth(http: thttp.InferenceServerClient, grpc: tgrpc.InferenceServerClient) -> None:
+    cases: list[tuple[str, list[int] | None, dict[str, Any], str, str]] = [
+        # model, ids ([2 rows] when None), infer kwargs, HTTP status, gRPC status
+        ("no-such-model", [1], {}, "404", "StatusCode.NOT_FOUND"),
+        (LM, None, {}, "422", "StatusCode.INVALID_ARGUMENT"),  # a batch of 2 sequences
+        (LM, [10_000], {}, "422", "StatusCode.INVALID_ARGUMENT"),  # id out of the vocabulary
+        (LM, [1], {"sequence_id": 999_999}, "400", "StatusCode.INVALID_ARGUMENT"),  # never started
+    ]
+    for model, ids, kwargs, http_status, grpc_status in cases:
+        for module, client, status in ((thttp, http, http_status), (tgrpc, grpc, grpc_status)):
+            if ids is None:
+                x = module.InferInput("x", [2, 1], "INT64")
+                x.set_data_from_numpy(np.array([[1], [2]], np.int64))
+            else:
+                x = lm_input(module, ids)
+            with pytest.raises(InferenceServerException) as caught:
+                client.infer(model, [x], headers=bearer(), **kwargs)
+            assert caught.value.status() == status, (model, ids, caught.value)
+    for client, status in ((http, "401"), (grpc, "StatusCode.UNAUTHENTICATED")):
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer(LM, [lm_input(thttp if client is http else tgrpc, [1])])
+        assert caught.value.status() == status
+        with pytest.raises(InferenceServerException):
+            client.get_model_config(LM, headers={"authorization": "Bearer wrong"})
+
+
+def test_statistics_count_the_steps(
+    http: thttp.InferenceServerClient, grpc: tgrpc.InferenceServerClient
+) -> None:
+    model = "lm-rnn"  # no other test steps it
+
+    def count() -> int:
+        stats = http.get_inference_statistics(model, headers=bearer())["model_stats"]
+        grpc_stats = grpc.get_inference_statistics(model, headers=bearer()).model_stats
+        assert [s["name"] for s in stats] == [s.name for s in grpc_stats] == [model]
+        assert int(grpc_stats[0].inference_count) == stats[0]["inference_count"]
+        return int(stats[0]["inference_count"])
+
+    before = count()
+    for _ in range(3):
+        http.infer(model, [lm_input(thttp, [1, 2])], headers=bearer())
+    grpc.infer(model, [lm_input(tgrpc, [1])], headers=bearer())
+    assert count() == before + 4  # one sequence step per request
+    stats = http.get_inference_statistics(model, headers=bearer())["model_stats"][0]["inference_stats"]
+    assert stats["success"]["count"] == before + 4 and stats["compute_infer"]["ns"] > 0
+    all_models = http.get_inference_statistics(headers=bearer())["model_stats"]
+    assert model in {s["name"] for s in all_models}
