@@ -62,7 +62,7 @@ def sensor_input(module: Any, readings: np.ndarray) -> Any:
 
 def check_lm(got: dict[str, np.ndarray], reference: Reference, ids: list[int], top_k: int) -> None:
     """Concatenated outputs of one sequence against one whole-sequence ONNX Runtime call."""
-    expected = reference.lm([reference.vocab[i] for i in ids], top_k)
+    expected = reference.lm([reference.vocab[i] for i in ids], top_k, include_special=True)
     assert got["TOKEN_LOGPROB"].shape == (1, len(ids)) and got["TOKEN_LOGPROB"].dtype == np.float32
     assert got["TOKEN_LOGPROB"][0, 0] == 0.0  # the first event predicts nothing: 0.0, never null
     for t, want in enumerate(expected):

@@ -8,6 +8,7 @@ import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,8 +28,9 @@ pytestmark = pytest.mark.unit
 PROTO_DIR = Path(__file__).parents[3] / "service" / "grpc_proto"
 
 
-def as_dict(message: object) -> dict[str, object]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)  # type: ignore[arg-type]
+def as_dict(message: Any) -> dict[str, Any]:
+    found: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return found
 
 
 @pytest.mark.parametrize("name", ["lm-lstm", "sensor-gru"])
