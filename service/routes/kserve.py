@@ -24,7 +24,14 @@ from service.v2_tensors import decode_http, http_body
 
 router = APIRouter(prefix="/v2", tags=["kserve v2"])
 
-EXTENSIONS = ["sequence", "binary_tensor_data", "parameters", "model_configuration", "statistics"]
+EXTENSIONS = [
+    "sequence",
+    "binary_tensor_data",
+    "parameters",
+    "model_configuration",
+    "statistics",
+    "model_repository",  # HTTP only (service/routes/repository.py)
+]
 
 
 async def _path_version(request: Request) -> str | None:
