@@ -8,6 +8,7 @@ over several requests, transports and interleavings must give the same outputs a
 
 from __future__ import annotations
 
+import asyncio
 import queue
 from collections.abc import Iterator
 from typing import Any
@@ -285,3 +286,66 @@ def test_statistics_count_the_steps(
     assert stats["success"]["count"] == before + 4 and stats["compute_infer"]["ns"] > 0
     all_models = http.get_inference_statistics(headers=bearer())["model_stats"]
     assert model in {s["name"] for s in all_models}
+
+
+def test_asyncio_clients_and_one_sequence_across_transports(
+    server: ServerProcess, references: dict[str, Reference]
+) -> None:
+    """tritonclient's asyncio clients: a sequence started over HTTP goes on over a gRPC stream (one
+    session manager behind both), and ends there."""
+    import tritonclient.grpc.aio as grpc_aio
+    import tritonclient.http.aio as http_aio
+
+    ids = [6, 1, 28, 3, 11]
+
+    async def run() -> list[Any]:
+        http_client = http_aio.InferenceServerClient(server.url.removeprefix("http://"))
+        grpc_client = grpc_aio.InferenceServerClient(server.grpc_address)
+        try:
+            first = await http_client.infer(
+                LM, [lm_input(thttp, ids[:2])], sequence_id=4242, sequence_start=True, headers=bearer()
+            )
+
+            async def requests() -> Any:
+                for i, part in enumerate([ids[2:4], ids[4:]]):
+                    yield {
+                        "model_name": LM,
+                        "inputs": [lm_input(tgrpc, part)],
+                        "sequence_id": 4242,
+                        "sequence_end": i == 1,
+                    }
+
+            results = [first]
+            async for result, error in grpc_client.stream_infer(requests(), headers=bearer()):
+                assert error is None, error
+                results.append(result)
+            return results
+        finally:
+            await http_client.close()
+            await grpc_client.close()
+
+    results = asyncio.run(run())
+    check_lm(joined(results, LM_OUTPUTS), references[LM], ids, 5)
+
+
+def test_unsupported_extensions_answer_clearly(
+    http: thttp.InferenceServerClient, grpc: tgrpc.InferenceServerClient
+) -> None:
+    for call in (http.get_trace_settings, http.get_log_settings, http.get_system_shared_memory_status):
+        with pytest.raises(InferenceServerException, match="does not implement") as caught:
+            call(headers=bearer())
+        assert caught.value.status() == "400"
+    for call in (grpc.get_trace_settings, grpc.get_log_settings, grpc.get_model_repository_index):
+        with pytest.raises(InferenceServerException) as caught:
+            call(headers=bearer())
+        assert caught.value.status() == "StatusCode.UNIMPLEMENTED"
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()  # a stream without a valid key
+    grpc.start_stream(
+        callback=lambda result, error: answers.put((result, error)), headers={"authorization": "Bearer no"}
+    )
+    try:
+        grpc.async_stream_infer(LM, [lm_input(tgrpc, [1])])
+        _, error = answers.get(timeout=30)
+    finally:
+        grpc.stop_stream()
+    assert error is not None and "StatusCode.UNAUTHENTICATED" in str(error.status())
