@@ -155,25 +155,30 @@ def test_lm_sequence_over_http(
         http.infer(LM, [lm_input(thttp, [1])], sequence_id=sid, headers=bearer())
 
 
-def test_interleaved_sequences_over_grpc(
-    grpc: tgrpc.InferenceServerClient, references: dict[str, Reference]
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_interleaved_sensor_sequences(
+    http: thttp.InferenceServerClient,
+    grpc: tgrpc.InferenceServerClient,
+    references: dict[str, Reference],
+    transport: str,
 ) -> None:
-    """Two sensor sequences (a string id and an integer id) stepped in turn over gRPC."""
+    """Two sensor sequences (a string id and an integer id) stepped in turn."""
+    module, client = (thttp, http) if transport == "http" else (tgrpc, grpc)
     reference = references[SENSOR]
     spec = reference.manifest.sensor
     assert spec is not None
     rng = np.random.default_rng(5)
     readings = {
         sid: np.asarray(spec.mean) + np.asarray(spec.std) * rng.normal(0, 1.5, (5, len(spec.mean)))
-        for sid in ("pump-a", 8101)
+        for sid in (f"pump-{transport}", 8101 + (transport == "grpc"))
     }
     got: dict[Any, list[Any]] = {sid: [] for sid in readings}
     for t in range(5):
         for sid, values in readings.items():
             got[sid].append(
-                grpc.infer(
+                client.infer(
                     SENSOR,
-                    [sensor_input(tgrpc, values[t : t + 1])],
+                    [sensor_input(module, values[t : t + 1])],
                     sequence_id=sid,
                     sequence_start=t == 0,
                     sequence_end=t == 4,
@@ -189,7 +194,9 @@ def test_interleaved_sequences_over_grpc(
             assert close(float(out["PROBABILITY"][0, t]), expected[t]["probability"]), (sid, t)
         mean = (out["PREDICTED_MEAN"][0] - np.asarray(spec.mean)) / np.asarray(spec.std)
         assert np.allclose(mean, [e["mean"] for e in expected], rtol=1e-4, atol=1e-4)
-        assert got[sid][-1].get_response().parameters["seq"].int64_param == 5
+        answer = got[sid][-1].get_response()
+        seq = answer["parameters"]["seq"] if transport == "http" else answer.parameters["seq"].int64_param
+        assert seq == 5
 
 
 def test_grpc_bidirectional_stream(
