@@ -109,3 +109,21 @@ def test_committed_module_is_generated_from_the_proto(tmp_path: Path) -> None:
         assert (tmp_path / generated).read_text() == (PROTO_DIR / generated).read_text(), (
             f"{generated} is stale: run ./scripts/gen-grpc"
         )
+
+
+def test_infer_request_with_typed_contents() -> None:
+    """Clients other than tritonclient may send `contents` instead of raw bytes: the same tensors."""
+    request = pb.ModelInferRequest(model_name="sensor")
+    x = request.inputs.add(name="x", datatype="FP32", shape=[1, 2, 2])
+    x.contents.fp32_contents.extend([1.5, -2.0, 3.25, 0.0])
+    request.parameters["sequence_id"].uint64_param = 1 << 63
+    body, tail = request_to_v2(request)
+    assert body["parameters"] == {"sequence_id": 1 << 63} and tail == b""
+    decoded = kserve.decode_input(body, tail, "sensor")
+    assert isinstance(decoded, np.ndarray)
+    assert decoded.tolist() == [[[1.5, -2.0], [3.25, 0.0]]]
+
+    text = pb.ModelInferRequest(model_name="lm")
+    t = text.inputs.add(name="TEXT", datatype="BYTES", shape=[1])
+    t.contents.bytes_contents.append(b"the cat")
+    assert kserve.decode_input(*request_to_v2(text), "lm") == "the cat"
