@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
+import orjson
 from prometheus_client import Counter
 
 from service import schemas
@@ -430,70 +431,107 @@ class SessionManager:
 
     async def step(self, session_id: str, owner: str | None, payload: dict[str, Any]) -> schemas.StepResponse:
         """Apply one request's events (all in one ONNX Runtime call) and answer one output per event."""
+        return schemas.StepResponse.model_validate_json(await self.step_json(session_id, owner, payload))
+
+    async def step_json(self, session_id: str, owner: str | None, payload: dict[str, Any]) -> bytes:
+        """`step`, answered as the JSON body of a `schemas.StepResponse` (what the transports send)."""
         self._check_open()
         await self._turns.acquire(session_id)
         try:
-            for _ in range(_ATTEMPTS):
-                record = await self.store.lookup(session_id, owner)
-                served = self._served.get(record.model_key) or self._served_for(record)
-                decoded = served.predictor.decode(payload)
-                if decoded.seq is not None and decoded.seq != record.seq:
-                    answer = await self.store.last_answer(record)
-                    return self._replay_or_conflict(served, decoded, record.seq, answer)
-                if decoded.events == 0:
-                    return schemas.StepResponse(seq=record.seq, outputs=[])
-                job = StepJob(
-                    decoded.x, record, param=decoded.param, answer=self._answer_hook(served, decoded, record)
-                )
-                result = await served.batcher.submit(job, decoded.events)
-                if result.error is not None:
-                    raise result.error
-                if result.status == Status.APPLIED:
-                    served.events.inc(decoded.events)
-                    response: schemas.StepResponse = result.response
-                    return response
-                if result.status == Status.GONE:
-                    await self._raise_gone(session_id, owner)
-                # CONFLICT: the session moved on between the lookup and the write (another replica)
-                if decoded.seq is not None:
-                    answer = result.answer or await self.store.last_answer(record)
-                    return self._replay_or_conflict(served, decoded, result.seq, answer)
-            served.conflicts.inc()
-            raise SequenceConflict(
-                f"session {session_id} kept changing under this request ({_ATTEMPTS} attempts); "
-                "nothing was applied",
-                expected_seq=result.seq,
-            )
+            return await self.step_locked(session_id, owner, payload)
         finally:
             self._turns.release(session_id)
+
+    async def step_locked(self, session_id: str, owner: str | None, payload: dict[str, Any]) -> bytes:
+        """`step_json` for a caller that holds the session's turn."""
+        for _ in range(_ATTEMPTS):
+            record = await self.store.lookup(session_id, owner)
+            served = self._served.get(record.model_key) or self._served_for(record)
+            decoded = served.predictor.decode(payload)
+            early = self.check_seq(served, decoded, record)
+            if early is not None:
+                return (
+                    early if isinstance(early, bytes) else await self._replay_stored(served, decoded, record)
+                )
+            job = self.job(served, decoded, record)
+            result = await served.batcher.submit(job, decoded.events)
+            done = await self.settle(served, decoded, record, result, owner)
+            if done is not None:
+                return done
+        served.conflicts.inc()
+        raise SequenceConflict(
+            f"session {session_id} kept changing under this request ({_ATTEMPTS} attempts); "
+            "nothing was applied",
+            expected_seq=result.seq,
+        )
+
+    # The pieces of a step, shared with bulk ingest (service/bulk.py): check the seq, build the job,
+    # settle its result.
+
+    @staticmethod
+    def check_seq(served: _Served, decoded: Decoded, record: SessionRecord) -> bytes | bool | None:
+        """Before running: None to run the job; the answer (bytes) when there is nothing to apply; True
+        when the seq does not fit (the caller answers `_replay_stored`: replay or 409)."""
+        if decoded.seq is not None and decoded.seq != record.seq:
+            return True
+        if decoded.events == 0:
+            return b'{"seq":%d,"outputs":[]}' % record.seq
+        return None
+
+    async def _replay_stored(self, served: _Served, decoded: Decoded, record: SessionRecord) -> bytes:
+        answer = await self.store.last_answer(record)
+        return self._replay_or_conflict(served, decoded, record.seq, answer)
+
+    def job(self, served: _Served, decoded: Decoded, record: SessionRecord) -> StepJob:
+        return StepJob(
+            decoded.x, record, param=decoded.param, answer=self._answer_hook(served, decoded, record)
+        )
+
+    async def settle(
+        self, served: _Served, decoded: Decoded, record: SessionRecord, result: StepResult, owner: str | None
+    ) -> bytes | None:
+        """A job's answer; None when it must run again (the session moved on under an unsequenced
+        request: another replica wrote it between the lookup and the write)."""
+        if result.error is not None:
+            raise result.error
+        if result.status == Status.APPLIED:
+            served.events.inc(decoded.events)
+            body: bytes = result.response
+            return body
+        if result.status == Status.GONE:
+            await self._raise_gone(record.session_id, owner)
+        if decoded.seq is not None:  # CONFLICT
+            answer = result.answer or await self.store.last_answer(record)
+            return self._replay_or_conflict(served, decoded, result.seq, answer)
+        return None
 
     @staticmethod
     def _answer_hook(
         served: _Served, decoded: Decoded, record: SessionRecord
-    ) -> Callable[[StepResult], tuple[schemas.StepResponse, StoredAnswer | None]]:
+    ) -> Callable[[StepResult], tuple[bytes, StoredAnswer | None]]:
         """Builds the response in the batch, before the write, so that the answer for replays is
         stored atomically with the state it belongs to."""
 
-        def answer(result: StepResult) -> tuple[schemas.StepResponse, StoredAnswer | None]:
-            outputs = served.predictor.encode(decoded, result, record.seq)
-            # one validation in pydantic-core builds every output object: cheaper than constructing them
-            response = schemas.StepResponse.model_validate({"seq": result.seq, "outputs": outputs})
+        def answer(result: StepResult) -> tuple[bytes, StoredAnswer | None]:
+            # straight from the predictor's plain values to JSON: no model objects on the hot path
+            body = orjson.dumps(
+                {"seq": result.seq, "outputs": served.predictor.encode(decoded, result, record.seq)}
+            )
             if decoded.seq is None:
-                return response, None
-            stored = response.model_dump_json().encode()
-            return response, StoredAnswer(decoded.seq, decoded.fingerprint, stored)
+                return body, None
+            return body, StoredAnswer(decoded.seq, decoded.fingerprint, body)
 
         return answer
 
     @staticmethod
     def _replay_or_conflict(
         served: _Served, decoded: Decoded, current: int, answer: StoredAnswer | None
-    ) -> schemas.StepResponse:
+    ) -> bytes:
         """A sequenced request that does not fit the session's seq: the stored response if it is the
         last applied request again (same seq, same payload), else 409."""
         if answer is not None and (answer.seq, answer.fingerprint) == (decoded.seq, decoded.fingerprint):
             served.replays.inc()
-            return schemas.StepResponse.model_validate_json(answer.response)
+            return answer.response
         served.conflicts.inc()
         raise SequenceConflict(
             f"seq {decoded.seq} does not match the session's {current}",

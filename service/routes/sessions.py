@@ -94,7 +94,7 @@ async def export_state(session_id: str, owner: OwnerDep, manager: ManagerDep) ->
     "/{session_id}/events", response_model=schemas.StepResponse, summary="Apply events; one output per event"
 )
 async def step(session_id: str, body: EventsBody, owner: OwnerDep, manager: ManagerDep) -> Response:
-    return model_response(await manager.step(session_id, owner, body))
+    return Response(await manager.step_json(session_id, owner, body), media_type="application/json")
 
 
 @router.post(
@@ -111,7 +111,6 @@ _EVENTS_PREFIX = f"{router.prefix}/"
 _EVENTS_SUFFIX = "/events"
 _MALFORMED = "the request body must be a JSON object (Content-Type: application/json)"
 _JSON_HEADERS = (b"content-type", b"application/json")
-_serialize_step = schemas.StepResponse.__pydantic_serializer__.to_json
 
 
 def events_session_id(path: str) -> str | None:
@@ -180,7 +179,7 @@ async def step_fast(scope: Scope, receive: Receive, send: Send, session_id: str,
         manager = manager_of_state(state)
         if not isinstance(payload, dict):
             raise BadRequest(_MALFORMED)
-        response = await manager.step(session_id, owner, payload)
+        content = await manager.step_json(session_id, owner, payload)
     except ServiceError as exc:
         await error_response(exc, scope["path"])(scope, receive, send)
         return
@@ -189,7 +188,6 @@ async def step_fast(scope: Scope, receive: Receive, send: Send, session_id: str,
             scope, receive, send
         )
         return
-    content = _serialize_step(response)
     await send(
         {
             "type": "http.response.start",

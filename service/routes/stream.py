@@ -93,9 +93,9 @@ async def _answer(
     started = time.perf_counter()
     status = 500
     try:
-        response = await manager.step(session_id, owner, _parse(message))
+        content = await manager.step_json(session_id, owner, _parse(message))
         status = 200
-        await websocket.send_text(response.model_dump_json())
+        await websocket.send_text(content.decode())
     except ServiceError as error:
         status = error.status
         await websocket.send_text(error_json(error))
