@@ -58,27 +58,30 @@ class LmPredictor:
         return self.pattern.findall(text.lower() if self.lowercase else text)
 
     def decode(self, payload: dict[str, object]) -> Decoded:
-        request = validate(schemas.LmEvents, payload)
-        if request.tokens is not None:
-            tokens = [t.lower() for t in request.tokens] if self.lowercase else list(request.tokens)
+        plain = _plain_events(payload)
+        if plain is None:  # anything unusual: the schema decides, and words its error
+            request = validate(schemas.LmEvents, payload)
+            plain = request.seq, request.tokens, request.text, request.top_k, request.include_special
+        seq, given, text, top_k, special = plain
+        if given is not None:
+            tokens = [t.lower() for t in given] if self.lowercase else list(given)
         else:
-            tokens = self.tokenize(request.text or "")
+            tokens = self.tokenize(text or "")
         check_event_count(len(tokens), self.settings.max_events_per_request)
         get, unk = self.index.get, self.unk_id
         ids = np.fromiter((get(t, unk) for t in tokens), np.int64, len(tokens))  # [T]
         unknown = np.fromiter((t not in self.index for t in tokens), bool, len(tokens))
         if self.unknown_counter is not None and unknown.any():
             self.unknown_counter.inc(int(unknown.sum()))
-        top_k = min(request.top_k, self.settings.max_top_k, len(self.vocab))
-        special = request.include_special
+        top_k = min(top_k, self.settings.max_top_k, len(self.vocab))
         fp = 0
-        if request.seq is not None:
+        if seq is not None:
             fp = fingerprint("\x00".join(tokens).encode(), f"{top_k}:{special:d}".encode())
         context = LmContext(tokens, unknown, top_k, special)
         # without the specials, ask the batch for as many more candidates as there are specials, so
         # that k others remain after leaving them out
         wanted = top_k if special or top_k == 0 else min(top_k + len(self.special_ids), len(self.vocab))
-        return Decoded(x=ids, seq=request.seq, fingerprint=fp, context=context, param=wanted)
+        return Decoded(x=ids, seq=seq, fingerprint=fp, context=context, param=wanted)
 
     def postprocess(self, outputs: list[np.ndarray], x: np.ndarray, params: np.ndarray) -> list[np.ndarray]:
         """[log_probs [B, T, V], log_probs_in [B, V], came [B, T], top ids [B, T, k], top probs [B, T, k]].
@@ -168,17 +171,65 @@ class LmPredictor:
         return tokens, detokenize(tokens, self.vocab[self.eos_id])
 
 
+_EVENTS_KEYS = frozenset(("seq", "tokens", "text", "top_k", "include_special"))
+_Plain = tuple[int | None, list[str] | None, str | None, int, bool]
+
+
+def _plain_events(payload: dict[str, object]) -> _Plain | None:
+    """(seq, tokens, text, top_k, include_special) of a body that `schemas.LmEvents` takes as it is,
+    without building the model; None for any other body (the schema then accepts it, converting, or
+    refuses it)."""
+    if (
+        type(payload) is not dict
+        or not payload.keys() <= _EVENTS_KEYS
+        or ("tokens" in payload) == ("text" in payload)
+    ):
+        return None
+    seq, top_k, special = payload.get("seq"), payload.get("top_k", 5), payload.get("include_special", False)
+    if not (seq is None or (type(seq) is int and seq >= 0)) or not (type(top_k) is int and top_k >= 0):
+        return None
+    if type(special) is not bool:
+        return None
+    tokens, text = payload.get("tokens"), payload.get("text")
+    if tokens is not None:
+        if type(tokens) is not list or not all(type(t) is str for t in tokens):
+            return None
+        return seq, tokens, None, top_k, special
+    return (seq, None, text, top_k, special) if type(text) is str else None
+
+
+_BLOCKS = 64  # the columns are dealt into this many strided blocks to find a row's top-k threshold
+
+
 def top_k(log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k most likely ids of log_probs [..., V], most likely first, and their probabilities."""
-    vocab = log_probs.shape[-1]
+    """The k most likely ids of log_probs [..., V] (ties: the lower id first) and their probabilities.
+
+    Vectorised over all rows at once, with no selection over each row's V values: deal a row's columns
+    into C groups (column j goes to group j % C); the k-th largest of the C group maxima is a threshold
+    that at least k values reach (those k maxima), so the row's top k all lie at or above it, and only
+    the few values there are sorted. Rows are [N, V] below.
+    """
+    lead, vocab = log_probs.shape[:-1], log_probs.shape[-1]
     k = min(k, vocab)
     if k <= 0:
-        return np.zeros((*log_probs.shape[:-1], 0), np.intp), np.zeros((*log_probs.shape[:-1], 0))
-    top = np.argpartition(log_probs, vocab - k, axis=-1)[..., vocab - k :]
-    values = np.take_along_axis(log_probs, top, axis=-1)
-    order = np.argsort(-values, axis=-1, kind="stable")
-    top = np.take_along_axis(top, order, axis=-1)
-    probs = np.exp(np.take_along_axis(values, order, axis=-1).astype(np.float64))
+        return np.zeros((*lead, 0), np.intp), np.zeros((*lead, 0))
+    flat = log_probs.reshape(-1, vocab)  # [N, V]
+    rows = flat.shape[0]
+    groups = vocab // _BLOCKS
+    if groups >= k:  # element-wise maxima of _BLOCKS contiguous slices: SIMD, one pass
+        maxima = flat[:, : groups * _BLOCKS].reshape(rows, _BLOCKS, groups).max(axis=1)  # [N, C]
+        threshold = np.partition(maxima, groups - k, axis=1)[:, groups - k]  # [N]
+    else:  # few columns or a large k: the k-th largest value itself
+        threshold = np.partition(flat, vocab - k, axis=1)[:, vocab - k]
+    where = np.flatnonzero(flat >= threshold[:, None])  # ascending: by row, then by id
+    row, col = np.divmod(where, vocab)
+    values = flat.ravel()[where]
+    order = np.lexsort((-values, row))  # stable: by row, most likely first, then the lower id
+    counts = np.bincount(row, minlength=rows)  # >= k in every row
+    first = np.cumsum(counts) - counts  # [N]
+    pick = order[first[:, None] + np.arange(k)]  # [N, k]
+    top = col[pick].reshape(*lead, k)
+    probs = np.exp(values[pick].astype(np.float64)).reshape(*lead, k)
     return top, probs
 
 

@@ -28,6 +28,36 @@ from service.settings import Settings
 _LOG_2PI = math.log(2 * math.pi)
 
 
+_EVENTS_KEYS = frozenset(("seq", "readings", "timestamps"))
+_BIG = float(2**53)  # an int beyond this is left to the schema (float conversion)
+
+
+def _number(v: object) -> bool:
+    return type(v) is float or (type(v) is int and -_BIG <= v <= _BIG)
+
+
+def _plain_events(
+    payload: dict[str, object],
+) -> tuple[int | None, list[list[float]], list[float | str] | None] | None:
+    """(seq, readings, timestamps) of a body that `schemas.SensorEvents` takes as it is (ints of
+    timestamps become floats, as the schema makes them), without building the model; None for any
+    other body (the schema then accepts it, converting, or refuses it)."""
+    if type(payload) is not dict or not payload.keys() <= _EVENTS_KEYS:
+        return None
+    seq, readings, stamps = payload.get("seq"), payload.get("readings"), payload.get("timestamps")
+    if not (seq is None or (type(seq) is int and seq >= 0)) or type(readings) is not list:
+        return None
+    if not all(type(r) is list and all(_number(v) for v in r) for r in readings):
+        return None
+    if stamps is None:
+        return seq, readings, None
+    if type(stamps) is not list or len(stamps) != len(readings):
+        return None
+    if not all(type(t) is str or _number(t) for t in stamps):
+        return None
+    return seq, readings, [t if type(t) is str else float(t) for t in stamps]
+
+
 @dataclass(slots=True)
 class SensorContext:
     timestamps: list[float | str] | None
@@ -47,8 +77,11 @@ class SensorPredictor:
         self.anomaly_counter = metrics.anomalies.labels(model.name, model.version) if metrics else None
 
     def decode(self, payload: dict[str, object]) -> Decoded:
-        request = validate(schemas.SensorEvents, payload)
-        readings = request.readings
+        plain = _plain_events(payload)
+        if plain is None:  # anything unusual: the schema decides, and words its error
+            request = validate(schemas.SensorEvents, payload)
+            plain = request.seq, request.readings, request.timestamps
+        seq, readings, timestamps = plain
         check_event_count(len(readings), self.settings.max_events_per_request)
         width = len(self.features)
         for i, reading in enumerate(readings):
@@ -65,9 +98,9 @@ class SensorPredictor:
             self._refuse_non_finite(raw)
         x = ((raw - self.mu) / self.sigma).astype(np.float32)
         fp = 0
-        if request.seq is not None:
-            fp = fingerprint(raw.tobytes(), repr(request.timestamps).encode())
-        return Decoded(x=x, seq=request.seq, fingerprint=fp, context=SensorContext(request.timestamps))
+        if seq is not None:
+            fp = fingerprint(raw.tobytes(), repr(timestamps).encode())
+        return Decoded(x=x, seq=seq, fingerprint=fp, context=SensorContext(timestamps))
 
     def _refuse_non_finite(self, raw: np.ndarray) -> None:
         """InvalidInput naming the first reading that is not finite once normalized to float32."""
