@@ -107,14 +107,18 @@ async def _bulk_loop(
             reply = await conn.recv()
             return 200 if reply[:11] in ('{"results":', b'{"results":') else 400
 
-        close = conn.close
+        async def close() -> None:
+            await conn.close()
+
     else:
         http = Http1Connection(HOST, port)
 
         async def send(body: bytes) -> int:
             return (await http.request("POST", "/v1/steps", body))[0]
 
-        close = http.close
+        async def close() -> None:
+            await http.close()
+
     try:
         i, deadline = 0, time.perf_counter() + warmup_s
         while time.perf_counter() < deadline:

@@ -150,6 +150,17 @@ class Batcher(Generic[I, O]):
         self._wakeup.set()
         return await future
 
+    async def run_now(self, items: Sequence[I], events: int) -> list[O | BaseException]:
+        """Run `items` (of `events` events each) as ONE call now, beside the queue, however many there
+        are (bulk ingest: a request's steps of one model version); one result or exception per item.
+        The call shares the worker thread with the queue's, so the two never overlap."""
+        if self._closing:
+            raise ShuttingDown("the server is shutting down")
+        loop, now = asyncio.get_running_loop(), self.clock()
+        jobs = [_Job(item, events, loop.create_future(), now) for item in items]
+        await self._run_group(events, jobs)
+        return [job.future.exception() or job.future.result() for job in jobs]
+
     # ---- the loop ----------------------------------------------------------------------------------
 
     def _take(self, batch: list[_Job[I, O]]) -> None:

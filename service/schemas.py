@@ -154,6 +154,33 @@ class StepResponse(BaseModel):
     outputs: list[LmOutput] | list[SensorOutput]
 
 
+class BulkStep(BaseModel):
+    """One step of a bulk request: a session id and that session's events body (lm or sensor fields)."""
+
+    model_config = ConfigDict(extra="allow")
+    session_id: str
+    seq: int | None = Field(default=None, ge=0)
+
+
+class StepsRequest(_Request):
+    """`POST /v1/steps` and each `WS /v1/stream` message: steps of many sessions, in order."""
+
+    steps: list[BulkStep]
+
+
+class BulkResult(BaseModel):
+    """One step's outcome: `seq` and `outputs` as `POST /v1/sessions/{id}/events` answers, or `error`."""
+
+    session_id: str | None
+    seq: int | None = None
+    outputs: list[LmOutput] | list[SensorOutput] | None = None
+    error: ErrorDetail | None = None
+
+
+class StepsResponse(BaseModel):
+    results: list[BulkResult]
+
+
 class GenerateRequest(_Request):
     max_tokens: int = Field(default=20, ge=1)
     temperature: float = Field(default=1.0, ge=0.0)
@@ -181,3 +208,6 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+BulkResult.model_rebuild()

@@ -42,6 +42,7 @@ from prometheus_client import Counter
 
 from service import schemas
 from service.batcher import Batcher
+from service.bulk import BulkSteps
 from service.errors import (
     BadRequest,
     InvalidInput,
@@ -75,7 +76,7 @@ _ATTEMPTS = 3
 
 
 @dataclass(eq=False)
-class _Served:
+class Served:
     """One served model version and what its requests use (metric children looked up once)."""
 
     model: LoadedModel
@@ -113,8 +114,9 @@ class SessionManager:
             self.store = RedisStore(settings, metrics)
         else:
             self.store = MemoryStore(settings, metrics, clock)
-        self._served: dict[str, _Served] = {}
+        self._served: dict[str, Served] = {}
         self._turns = Turns()
+        self._bulk = BulkSteps(self, self._turns)
         self._ready = False
         self._started = False
         self._stopping = False
@@ -188,13 +190,13 @@ class SessionManager:
         that needs it answers 503 on its own) and recovers by itself when it is back."""
         await self.store.ping()
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
         if self._stopping:
             raise ShuttingDown("the server is shutting down")
         if not self._ready:
             raise NotReady("the server is starting: models are loading")
 
-    def _serve(self, model: LoadedModel) -> _Served:
+    def _serve(self, model: LoadedModel) -> Served:
         served = self._served.get(model.key)
         if served is not None:
             return served
@@ -212,7 +214,7 @@ class SessionManager:
         )
         batcher.start()
         m = self.metrics
-        served = self._served[model.key] = _Served(
+        served = self._served[model.key] = Served(
             model=model,
             part=part,
             predictor=predictor,
@@ -231,7 +233,7 @@ class SessionManager:
 
     async def load_model(self, name: str, version: str) -> schemas.ModelInfo:
         """Load a new version while serving (ArtifactRefused if it does not verify); returns its info."""
-        self._check_open()
+        self.check_open()
         return await self.control.load(name, version)
 
     def _load_snapshot(self, path: Path) -> None:
@@ -325,7 +327,7 @@ class SessionManager:
         """A new session on `body.model` (default version unless given), optionally restored from a
         snapshot. `session_id` lets a protocol choose the id (KServe: see `start_sequence`); an id in
         use is a BadRequest, an ended id may be reused."""
-        self._check_open()
+        self.check_open()
         state: list[np.ndarray] | None = None
         seq = 0
         snapshot = body.snapshot
@@ -376,11 +378,11 @@ class SessionManager:
             self._turns.release(session_id)
 
     async def get(self, session_id: str, owner: str | None) -> schemas.SessionInfo:
-        self._check_open()
+        self.check_open()
         return self._info(await self.store.lookup(session_id, owner, touch=False))
 
     async def delete(self, session_id: str, owner: str | None) -> None:
-        self._check_open()
+        self.check_open()
         await self._turns.acquire(session_id)
         try:
             await self.store.delete(session_id, owner)
@@ -388,7 +390,7 @@ class SessionManager:
             self._turns.release(session_id)
 
     async def reset(self, session_id: str, owner: str | None) -> schemas.SessionInfo:
-        self._check_open()
+        self.check_open()
         await self._turns.acquire(session_id)
         try:
             record = await self.store.lookup(session_id, owner)
@@ -398,13 +400,16 @@ class SessionManager:
             self._turns.release(session_id)
 
     async def export_state(self, session_id: str, owner: str | None) -> schemas.Snapshot:
-        self._check_open()
+        self.check_open()
         record = await self.store.lookup(session_id, owner, touch=False)
         model = self._served_for(record).model
         seq, state = await self.store.read_state(record)
         return encode_snapshot(model, seq, state)
 
-    def _served_for(self, record: SessionRecord) -> _Served:
+    def served_for(self, record: SessionRecord) -> Served:
+        return self._served.get(record.model_key) or self._served_for(record)
+
+    def _served_for(self, record: SessionRecord) -> Served:
         """The served version of a session; with a shared store the session may have been created by
         another replica, on a version this one serves but has not used yet, or does not serve."""
         served = self._served.get(record.model_key)
@@ -433,9 +438,13 @@ class SessionManager:
         """Apply one request's events (all in one ONNX Runtime call) and answer one output per event."""
         return schemas.StepResponse.model_validate_json(await self.step_json(session_id, owner, payload))
 
+    async def steps_json(self, owner: str | None, body: object) -> bytes:
+        """Bulk ingest (`service.bulk`): many sessions' steps, answered as `{"results": [...]}` JSON."""
+        return await self._bulk.run(owner, body)
+
     async def step_json(self, session_id: str, owner: str | None, payload: dict[str, Any]) -> bytes:
         """`step`, answered as the JSON body of a `schemas.StepResponse` (what the transports send)."""
-        self._check_open()
+        self.check_open()
         await self._turns.acquire(session_id)
         try:
             return await self.step_locked(session_id, owner, payload)
@@ -446,12 +455,12 @@ class SessionManager:
         """`step_json` for a caller that holds the session's turn."""
         for _ in range(_ATTEMPTS):
             record = await self.store.lookup(session_id, owner)
-            served = self._served.get(record.model_key) or self._served_for(record)
+            served = self.served_for(record)
             decoded = served.predictor.decode(payload)
             early = self.check_seq(served, decoded, record)
             if early is not None:
                 return (
-                    early if isinstance(early, bytes) else await self._replay_stored(served, decoded, record)
+                    early if isinstance(early, bytes) else await self.replay_stored(served, decoded, record)
                 )
             job = self.job(served, decoded, record)
             result = await served.batcher.submit(job, decoded.events)
@@ -469,26 +478,26 @@ class SessionManager:
     # settle its result.
 
     @staticmethod
-    def check_seq(served: _Served, decoded: Decoded, record: SessionRecord) -> bytes | bool | None:
+    def check_seq(served: Served, decoded: Decoded, record: SessionRecord) -> bytes | bool | None:
         """Before running: None to run the job; the answer (bytes) when there is nothing to apply; True
-        when the seq does not fit (the caller answers `_replay_stored`: replay or 409)."""
+        when the seq does not fit (the caller answers `replay_stored`: replay or 409)."""
         if decoded.seq is not None and decoded.seq != record.seq:
             return True
         if decoded.events == 0:
             return b'{"seq":%d,"outputs":[]}' % record.seq
         return None
 
-    async def _replay_stored(self, served: _Served, decoded: Decoded, record: SessionRecord) -> bytes:
+    async def replay_stored(self, served: Served, decoded: Decoded, record: SessionRecord) -> bytes:
         answer = await self.store.last_answer(record)
         return self._replay_or_conflict(served, decoded, record.seq, answer)
 
-    def job(self, served: _Served, decoded: Decoded, record: SessionRecord) -> StepJob:
+    def job(self, served: Served, decoded: Decoded, record: SessionRecord) -> StepJob:
         return StepJob(
             decoded.x, record, param=decoded.param, answer=self._answer_hook(served, decoded, record)
         )
 
     async def settle(
-        self, served: _Served, decoded: Decoded, record: SessionRecord, result: StepResult, owner: str | None
+        self, served: Served, decoded: Decoded, record: SessionRecord, result: StepResult, owner: str | None
     ) -> bytes | None:
         """A job's answer; None when it must run again (the session moved on under an unsequenced
         request: another replica wrote it between the lookup and the write)."""
@@ -507,7 +516,7 @@ class SessionManager:
 
     @staticmethod
     def _answer_hook(
-        served: _Served, decoded: Decoded, record: SessionRecord
+        served: Served, decoded: Decoded, record: SessionRecord
     ) -> Callable[[StepResult], tuple[bytes, StoredAnswer | None]]:
         """Builds the response in the batch, before the write, so that the answer for replays is
         stored atomically with the state it belongs to."""
@@ -525,7 +534,7 @@ class SessionManager:
 
     @staticmethod
     def _replay_or_conflict(
-        served: _Served, decoded: Decoded, current: int, answer: StoredAnswer | None
+        served: Served, decoded: Decoded, current: int, answer: StoredAnswer | None
     ) -> bytes:
         """A sequenced request that does not fit the session's seq: the stored response if it is the
         last applied request again (same seq, same payload), else 409."""
@@ -548,7 +557,7 @@ class SessionManager:
         self, session_id: str, owner: str | None, payload: dict[str, Any]
     ) -> schemas.GenerateResponse:
         """Sample a continuation (lm only); the session advances only with `commit: true`."""
-        self._check_open()
+        self.check_open()
         await self._turns.acquire(session_id)
         try:
             record = await self.store.lookup(session_id, owner)

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
 
     # request limits
     max_events_per_request: int = Field(1024, ge=1, description="events in one step request")
+    max_steps_per_request: int = Field(
+        4096, ge=1, description="steps in one bulk request (POST /v1/steps, WS /v1/stream); 413 above"
+    )
     max_top_k: int = Field(100, ge=1, description="largest top_k a client may ask for")
     max_generate_tokens: int = Field(512, ge=1, description="largest max_tokens for generate")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request body size limit (413 above)")

@@ -21,6 +21,13 @@ class Turns:
     def __len__(self) -> int:
         return len(self._waiting)
 
+    def try_acquire(self, key: Hashable) -> bool:
+        """Take `key`'s turn now if nobody holds it (pair a True with one `release`); never waits."""
+        if key in self._waiting:
+            return False
+        self._waiting[key] = deque()
+        return True
+
     async def acquire(self, key: Hashable) -> None:
         """Wait for `key`'s turn (FIFO). Pair every successful acquire with one `release`."""
         waiting = self._waiting.get(key)

@@ -47,7 +47,7 @@ def _parse(message: Mapping[str, Any]) -> dict[str, Any]:
     return json_object(raw, "the message (an events body)")
 
 
-async def _refuse(websocket: WebSocket, error: ServiceError) -> None:
+async def refuse(websocket: WebSocket, error: ServiceError) -> None:
     await websocket.accept()
     await websocket.send_text(error_json(error))
     await websocket.close(code=4000 + error.status, reason=error.code)
@@ -60,7 +60,7 @@ async def stream(websocket: WebSocket, session_id: str, token: str | None = None
         manager = manager_of(websocket)
         await manager.get(session_id, owner)
     except ServiceError as error:
-        await _refuse(websocket, error)
+        await refuse(websocket, error)
         return
     await websocket.accept()
     metrics: Metrics = websocket.app.state.metrics

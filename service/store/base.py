@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from service.errors import BadRequest
+from service.errors import BadRequest, ServiceError
 
 if TYPE_CHECKING:
     from service.registry import LoadedModel
@@ -177,6 +177,12 @@ class SessionStore(Protocol):
 
     async def lookup(self, session_id: str, owner: str | None, *, touch: bool = True) -> SessionRecord:
         """The live session (touch: mark it used, restarting its TTL); SessionNotFound / SessionGone."""
+        ...
+
+    async def lookup_many(
+        self, session_ids: Sequence[str], owner: str | None
+    ) -> list[SessionRecord | ServiceError]:
+        """`lookup` (touch) of each id, together: one record or the error `lookup` raises, per id."""
         ...
 
     async def delete(self, session_id: str, owner: str | None) -> SessionRecord: ...

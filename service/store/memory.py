@@ -24,7 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from service.errors import GONE_BY_REASON, BadRequest, CapacityExceeded, SequenceConflict, SessionNotFound
+from service.errors import (
+    GONE_BY_REASON,
+    BadRequest,
+    CapacityExceeded,
+    SequenceConflict,
+    ServiceError,
+    SessionNotFound,
+)
 from service.metrics import Metrics
 from service.registry import LoadedModel
 from service.settings import Settings
@@ -282,6 +289,21 @@ class MemoryStore:
         if touch:
             self._parts[part].last_used[row] = now
         return self._record(part, row)
+
+    async def lookup_many(
+        self, session_ids: Sequence[str], owner: str | None
+    ) -> list[SessionRecord | ServiceError]:
+        now = self.clock()
+        found: list[SessionRecord | ServiceError] = []
+        for session_id in session_ids:
+            try:
+                part, row = self._locate(session_id, owner, now)
+            except ServiceError as exc:
+                found.append(exc)
+                continue
+            self._parts[part].last_used[row] = now
+            found.append(self._record(part, row))
+        return found
 
     async def delete(self, session_id: str, owner: str | None) -> SessionRecord:
         now = self.clock()

@@ -49,6 +49,7 @@ from service.errors import (
     BadRequest,
     CapacityExceeded,
     SequenceConflict,
+    ServiceError,
     SessionDeleted,
     SessionGone,
     SessionNotFound,
@@ -67,6 +68,8 @@ from service.store.base import (
     check_session_id,
 )
 from service.store.redis_client import Availability, connect, where
+
+_LOOKUPS_PER_CALL = 512  # ids in one lookup script call, as the coalescer sends at most
 
 if TYPE_CHECKING:
     from service.registry import LoadedModel
@@ -338,6 +341,18 @@ class RedisStore:
             else:
                 results.append(self._refusal(session_id, fields))
         return results
+
+    async def lookup_many(
+        self, session_ids: Sequence[str], owner: str | None
+    ) -> list[SessionRecord | ServiceError]:
+        found: list[SessionRecord | ServiceError] = []
+        for start in range(0, len(session_ids), _LOOKUPS_PER_CALL):
+            chunk = session_ids[start : start + _LOOKUPS_PER_CALL]
+            for result in await self._lookup_many([(session_id, owner, True) for session_id in chunk]):
+                if not isinstance(result, SessionRecord | ServiceError):
+                    raise result
+                found.append(result)
+        return found
 
     async def delete(self, session_id: str, owner: str | None) -> SessionRecord:
         with self._guard():

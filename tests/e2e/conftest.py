@@ -16,6 +16,7 @@ from e2e_support import (
     KEYS,
     MAX_BODY,
     MAX_EVENTS,
+    MAX_STEPS,
     MAX_TOP_K,
     Reference,
     ServerProcess,
@@ -33,6 +34,7 @@ def server(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         max_events_per_request=str(MAX_EVENTS),
         max_body_bytes=str(MAX_BODY),
         max_top_k=str(MAX_TOP_K),
+        max_steps_per_request=str(MAX_STEPS),
         max_generate_tokens="50",
         log_json="true",
     ).wait_ready()

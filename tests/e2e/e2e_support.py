@@ -36,6 +36,7 @@ KEYS = ("key-alpha", "key-beta")
 MAX_EVENTS = 64
 MAX_BODY = 16384
 MAX_TOP_K = 20
+MAX_STEPS = 32  # steps in one bulk request
 TOP_K = 5  # what the streaming tests ask for
 _BANNER = re.compile(r"rnnserve listening on (http://\S+)")
 _GRPC_BANNER = re.compile(r"rnnserve gRPC \(KServe V2\) listening on (\S+)")

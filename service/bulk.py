@@ -1,0 +1,169 @@
+"""Bulk ingest: many sessions' steps in one request (`POST /v1/steps`, `WS /v1/stream`). No HTTP here.
+
+    {"steps": [{"session_id", "seq"?, ...that session's events body...}, ...]}
+        -> {"results": [...]}: one per step, in order: the events answer with its `session_id`
+           ({"session_id", "seq", "outputs"}) or {"session_id", "error": {"code", "message", "details"}}
+
+Each step keeps the rules of `POST /v1/sessions/{id}/events` (exactly-once by `seq`, one request at a
+time per session, in arrival order) and fails alone. Two lanes:
+
+- the batch lane: the first step of each session that no other request is running. Its turn is taken
+  at once, its session looked up and its body decoded; the lane's steps of one model version and event
+  count then run as ONE batched ONNX Runtime call (`Batcher.run_now`, beside the queue, whatever their
+  number), one store read and one write.
+- the queue lane: a session's second step in the request, or a session another request is running:
+  the per-session route's own path, queued on the session's turn in request order (after this
+  request's earlier step of it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from service.error_handlers import error_json
+from service.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceError
+from service.predictors.base import Decoded
+from service.store import SessionRecord
+from service.turns import Turns
+
+if TYPE_CHECKING:
+    from service.sessions import Served, SessionManager
+
+_ENVELOPE = 'the body must be a JSON object {"steps": [...]}'
+
+
+def steps_of(body: object, limit: int) -> list[Any]:
+    """The steps of a bulk body; BadRequest / InvalidInput for the envelope, PayloadTooLarge above `limit`."""
+    if not isinstance(body, dict):
+        raise BadRequest(_ENVELOPE)
+    extra = sorted(set(body) - {"steps"})
+    if extra:
+        raise InvalidInput(f"unknown field(s) {', '.join(extra)}: {_ENVELOPE}", fields=extra)
+    steps = body.get("steps")
+    if not isinstance(steps, list):
+        raise InvalidInput(f"`steps` must be a list: {_ENVELOPE}", field="steps")
+    if len(steps) > limit:
+        raise PayloadTooLarge(
+            f"{len(steps)} steps in one request; the limit is {limit} (RNNSERVE_MAX_STEPS_PER_REQUEST)",
+            steps=len(steps),
+            limit=limit,
+        )
+    return steps
+
+
+def _ok(session_id: str, answer: bytes) -> bytes:
+    return b'{"session_id":' + orjson.dumps(session_id) + b"," + answer[1:]
+
+
+def _failed(session_id: str | None, error: ServiceError) -> bytes:
+    return b'{"session_id":' + orjson.dumps(session_id) + b"," + error_json(error).encode()[1:]
+
+
+class BulkSteps:
+    """Runs bulk bodies against a session manager (`service.sessions.SessionManager`)."""
+
+    def __init__(self, manager: SessionManager, turns: Turns) -> None:
+        self.manager = manager
+        self.turns = turns
+
+    async def run(self, owner: str | None, body: object) -> bytes:
+        """The JSON answer `{"results": [...]}` of one bulk body."""
+        manager = self.manager
+        manager.check_open()
+        steps = steps_of(body, manager.settings.max_steps_per_request)
+        results: list[bytes] = [b""] * len(steps)
+        batch: list[tuple[int, str, dict[str, Any]]] = []
+        queued: list[tuple[int, str, dict[str, Any]]] = []
+        seen: set[str] = set()
+        for i, step in enumerate(steps):
+            session_id = step.get("session_id") if isinstance(step, dict) else None
+            if type(session_id) is not str or not session_id:
+                what = "an object" if isinstance(step, dict) else f"not {type(step).__name__}"
+                results[i] = _failed(
+                    session_id if isinstance(session_id, str) else None,
+                    InvalidInput(
+                        f"step {i}: each step is an object with a `session_id` string ({what})", index=i
+                    ),
+                )
+                continue
+            payload = {k: v for k, v in step.items() if k != "session_id"}
+            if session_id not in seen and self.turns.try_acquire(session_id):
+                batch.append((i, session_id, payload))
+            else:
+                queued.append((i, session_id, payload))
+            seen.add(session_id)
+        # the queue lane starts now, in request order, so that its steps wait on their sessions' turns
+        # behind the batch lane's (a task's first step runs before any later-created task's)
+        tasks = [
+            asyncio.create_task(self._queued(owner, session_id, payload)) for _, session_id, payload in queued
+        ]
+        try:
+            await self._batch_lane(owner, batch, results)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
+        finally:
+            for _, session_id, _ in batch:
+                self.turns.release(session_id)
+        for (i, _, _), task in zip(queued, tasks, strict=True):
+            results[i] = await task
+        return b'{"results":[' + b",".join(results) + b"]}"
+
+    async def _queued(self, owner: str | None, session_id: str, payload: dict[str, Any]) -> bytes:
+        try:
+            return _ok(session_id, await self.manager.step_json(session_id, owner, payload))
+        except ServiceError as exc:
+            return _failed(session_id, exc)
+
+    async def _batch_lane(
+        self, owner: str | None, lane: list[tuple[int, str, dict[str, Any]]], results: list[bytes]
+    ) -> None:
+        """Steps whose turn this request holds: look up, decode, then one call per (version, events)."""
+        manager = self.manager
+        records = await manager.store.lookup_many([session_id for _, session_id, _ in lane], owner)
+        groups: dict[tuple[str, int], list[tuple[int, Served, Decoded, SessionRecord, dict[str, Any]]]] = {}
+        for (i, session_id, payload), record in zip(lane, records, strict=True):
+            try:
+                if isinstance(record, ServiceError):
+                    raise record
+                served = manager.served_for(record)
+                decoded = served.predictor.decode(payload)
+                early = manager.check_seq(served, decoded, record)
+                if early is True:
+                    results[i] = _ok(session_id, await manager.replay_stored(served, decoded, record))
+                elif isinstance(early, bytes):
+                    results[i] = _ok(session_id, early)
+                else:
+                    groups.setdefault((record.model_key, decoded.events), []).append(
+                        (i, served, decoded, record, payload)
+                    )
+            except ServiceError as exc:
+                results[i] = _failed(session_id, exc)
+        await asyncio.gather(*(self._run_group(owner, members, results) for members in groups.values()))
+
+    async def _run_group(
+        self,
+        owner: str | None,
+        members: Sequence[tuple[int, Served, Decoded, SessionRecord, dict[str, Any]]],
+        results: list[bytes],
+    ) -> None:
+        manager = self.manager
+        served = members[0][1]
+        jobs = [manager.job(s, decoded, record) for _, s, decoded, record, _ in members]
+        outcomes = await served.batcher.run_now(jobs, members[0][2].events)
+        for (i, _, decoded, record, payload), outcome in zip(members, outcomes, strict=True):
+            session_id = record.session_id
+            try:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                answer = await manager.settle(served, decoded, record, outcome, owner)
+                if answer is None:  # the session moved on under it (another replica): the usual path
+                    answer = await manager.step_locked(session_id, owner, payload)
+                results[i] = _ok(session_id, answer)
+            except ServiceError as exc:
+                results[i] = _failed(session_id, exc)

@@ -1,0 +1,95 @@
+"""Bulk ingest: `POST /v1/steps` and `WS /v1/stream`, many sessions' steps per request or message.
+
+Each body (and each WebSocket message) is `{"steps": [{"session_id", "seq"?, ...events body...}]}`;
+the answer is `{"results": [...]}`, one per step in order: the events answer with its `session_id`, or
+`{"session_id", "error": {...}}` for a step that failed (alone). The envelope itself (not an object, no
+`steps` list, more than RNNSERVE_MAX_STEPS_PER_REQUEST steps) is refused as a whole: 400 / 422 / 413.
+The work is in `service.bulk`; the WebSocket checks auth once at connect, as the per-session stream.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Response, WebSocket, WebSocketDisconnect
+
+from service import schemas
+from service.deps import ManagerDep, OwnerDep, authenticator_of, manager_of
+from service.error_handlers import error_json, json_object
+from service.errors import ServiceError, ShuttingDown
+from service.metrics import Metrics
+from service.routes import SESSION_ERRORS
+from service.routes.stream import CLOSE_SERVICE_RESTART, refuse
+
+router = APIRouter(tags=["sessions"], responses=SESSION_ERRORS)
+STREAM_ROUTE = "/v1/stream"
+
+_EXAMPLES = {
+    "sensors": {
+        "value": {
+            "steps": [
+                {"session_id": "9f1c...", "readings": [[20.1, 1001.5, 0.52]]},
+                {"session_id": "4b7e...", "seq": 12, "readings": [[19.8, 1002.0, 0.49]]},
+            ]
+        }
+    },
+    "lm": {"value": {"steps": [{"session_id": "a1...", "tokens": ["the"], "top_k": 3}]}},
+}
+# the body is read as a plain object (a bad step fails alone, not the request); documented as this
+_BODY_SCHEMA = {
+    "title": "StepsRequest",
+    "description": schemas.StepsRequest.__doc__,
+    "type": "object",
+    "properties": {"steps": {"type": "array", "items": schemas.BulkStep.model_json_schema()}},
+    "required": ["steps"],
+    "additionalProperties": False,
+}
+StepsBody = Annotated[dict[str, Any], Body(openapi_examples=_EXAMPLES)]
+
+
+@router.post(
+    "/v1/steps",
+    response_model=schemas.StepsResponse,
+    summary="Bulk ingest: steps of many sessions in one request, one result per step",
+    openapi_extra={"requestBody": {"content": {"application/json": {"schema": _BODY_SCHEMA}}}},
+)
+async def steps(body: StepsBody, owner: OwnerDep, manager: ManagerDep) -> Response:
+    return Response(await manager.steps_json(owner, body), media_type="application/json")
+
+
+@router.websocket(STREAM_ROUTE)
+async def stream(websocket: WebSocket, token: str | None = None) -> None:
+    try:
+        owner = authenticator_of(websocket).owner(websocket.headers.get("authorization"), token)
+        manager = manager_of(websocket)
+        manager.check_open()
+    except ServiceError as error:
+        await refuse(websocket, error)
+        return
+    await websocket.accept()
+    metrics: Metrics = websocket.app.state.metrics
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            started, status = time.perf_counter(), 500
+            try:
+                text = message.get("text")
+                raw = text if text is not None else message.get("bytes") or b""
+                content = await manager.steps_json(owner, json_object(raw, "the message (a steps body)"))
+                status = 200
+                await websocket.send_text(content.decode())
+            except ServiceError as error:
+                status = error.status
+                await websocket.send_text(error_json(error))
+                if isinstance(error, ShuttingDown):
+                    await websocket.close(code=CLOSE_SERVICE_RESTART, reason=error.code)
+                    return
+            finally:
+                counter, latency = metrics.request_children("WS", STREAM_ROUTE, status)
+                counter.inc()
+                latency.observe(time.perf_counter() - started)
+    except WebSocketDisconnect:
+        return
