@@ -1,0 +1,117 @@
+"""The hot path's shortcuts against what they replace: the batched top-k against a full sort, and the
+plain-body decoding against the schema's (pydantic) decoding of the same bodies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.errors import ServiceError
+from service.predictors import LmPredictor, SensorPredictor, make_predictor
+from service.predictors import lm as lm_module
+from service.predictors import sensor as sensor_module
+from service.predictors.base import Decoded
+from service.predictors.lm import top_k
+from service.registry import Registry
+from service.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+
+def reference_top_k(log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """One full sort per row: most likely first, ties by the lower id."""
+    vocab = log_probs.shape[-1]
+    rows = log_probs.reshape(-1, vocab)
+    ids = np.stack([np.lexsort((np.arange(vocab), -row))[:k] for row in rows])
+    probs = np.exp(np.take_along_axis(rows, ids, axis=1).astype(np.float64))
+    return ids.reshape(*log_probs.shape[:-1], k), probs.reshape(*log_probs.shape[:-1], k)
+
+
+@pytest.mark.parametrize("vocab", [1, 7, 64, 130, 1000, 10_000])
+def test_top_k_equals_a_full_sort(vocab: int) -> None:
+    rng = np.random.default_rng(vocab)
+    for trial in range(12):
+        log_probs = rng.standard_normal((3, 2, vocab)).astype(np.float32)  # [B, T, V]
+        if trial % 3 == 0:
+            log_probs = np.round(log_probs, 1)  # many ties
+        if trial % 4 == 0:
+            log_probs[..., : vocab // 2] = -np.inf  # masked columns
+        for k in sorted({1, 2, 5, vocab // 3, vocab, vocab + 2} - {0}):
+            ids, probs = top_k(log_probs, k)
+            want_ids, want_probs = reference_top_k(log_probs, min(k, vocab))
+            assert np.array_equal(ids, want_ids), (trial, k)
+            assert np.array_equal(probs, want_probs), (trial, k)
+    assert top_k(np.zeros((2, 5), np.float32), 0)[0].shape == (2, 0)
+
+
+@pytest.fixture(scope="module")
+def registry(tiny_models_dir: Path) -> Registry:
+    registry = Registry(Settings(models_dir=tiny_models_dir, snapshot_path=None))
+    registry.load_all()
+    return registry
+
+
+def same(a: Decoded, b: Decoded) -> bool:
+    return (
+        np.array_equal(a.x, b.x)
+        and a.x.dtype == b.x.dtype
+        and (a.seq, a.fingerprint, a.param) == (b.seq, b.fingerprint, b.param)
+        and repr(a.context) == repr(b.context)
+    )
+
+
+def outcome(decode: Any, payload: Any) -> Decoded | tuple[str, int]:
+    try:
+        decoded: Decoded = decode(payload)
+        return decoded
+    except ServiceError as exc:
+        return exc.code, exc.status
+
+
+LM_BODIES: list[Any] = [
+    {"tokens": ["w1", "W2", "nope"]},
+    {"tokens": ["w1"], "seq": 3, "top_k": 2, "include_special": True},
+    {"text": "w1 w2  w3", "top_k": 0},
+    {"tokens": []},
+    {"tokens": ["w1"], "top_k": "3"},  # the schema converts
+    {"tokens": ["w1"], "seq": True},
+    {"tokens": ["w1"], "include_special": 1},
+    {"tokens": ["w1"], "text": "w1"},
+    {"tokens": "w1"},
+    {"tokens": [1]},
+    {"tokens": ["w1"], "seq": -1},
+    {"tokens": ["w1"], "extra": 1},
+    {"tokens": None, "text": "w2"},
+    [1, 2],
+]
+SENSOR_BODIES: list[Any] = [
+    {"readings": [[1.0, 2.0, 3.0]]},
+    {"readings": [[1, 2, 3.5]], "seq": 0, "timestamps": [17]},
+    {"readings": [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], "timestamps": ["a", 2.5]},
+    {"readings": [[1.0, "2", 3.0]]},
+    {"readings": [[1.0, True, 3.0]]},
+    {"readings": [[1.0, 2.0]]},
+    {"readings": [[1.0, 2.0, 3.0]], "timestamps": [1, 2]},
+    {"readings": [[1.0, 2.0, 3.0]], "timestamps": None},
+    {"readings": [[10**20, 2.0, 3.0]]},
+    {"readings": [[float("nan"), 2.0, 3.0]]},
+    {"readings": []},
+    {"readings": "x"},
+]
+
+
+@pytest.mark.parametrize(("model", "bodies"), [("lm-gru", LM_BODIES), ("sensor-rnn", SENSOR_BODIES)])
+def test_plain_bodies_decode_as_the_schema_decodes_them(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch, model: str, bodies: list[Any]
+) -> None:
+    predictor = make_predictor(registry.get(model), Settings(snapshot_path=None))
+    assert isinstance(predictor, LmPredictor | SensorPredictor)
+    fast = [outcome(predictor.decode, body) for body in bodies]
+    module = lm_module if isinstance(predictor, LmPredictor) else sensor_module
+    monkeypatch.setattr(module, "_plain_events", lambda payload: None)  # every body through the schema
+    slow = [outcome(predictor.decode, body) for body in bodies]
+    for body, a, b in zip(bodies, fast, slow, strict=True):
+        assert same(a, b) if isinstance(a, Decoded) and isinstance(b, Decoded) else a == b, body
