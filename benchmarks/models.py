@@ -146,3 +146,12 @@ def prepare_models(source: Path, names: dict[str, str], workdir: Path) -> tuple[
         else:
             found[task] = _export_standin(target, name, task)
     return target, found
+
+
+def prepare_model(source: Path, name: str, workdir: Path) -> tuple[Path, Artifact]:
+    """`prepare_models` for one model of any task; a missing one is a stand-in of the task it is named
+    after (lm or sensor)."""
+    found = find_artifact(source, name)
+    task = found.task if found is not None else name
+    models_dir, arts = prepare_models(source, {task: name}, workdir)
+    return models_dir, arts[task]
