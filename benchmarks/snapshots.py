@@ -113,6 +113,7 @@ async def _phase(
         "stall_ms": [1e3 * s.stall_s for s in saved],
         "loop_ms": [1e3 * s.loop_s for s in saved],
         "write_ms": [1e3 * s.write_s for s in saved],
+        "cpu_ms": [1e3 * (s.loop_cpu_s + s.write_cpu_s) for s in saved],
         "file_bytes": snapshot.stat().st_size if snapshot is not None and snapshot.exists() else None,
     }
 
@@ -164,6 +165,8 @@ async def measure(
             "stall_ms_median": statistics.median(stalls) if stalls else None,
             "loop_ms_median": statistics.median([s for p in phases for s in p["loop_ms"]] or [0]),
             "write_ms_median": statistics.median([s for p in phases for s in p["write_ms"]] or [0]),
+            # the snapshot's own CPU: its steps on the loop plus the writing thread's CPU time
+            "cpu_ms_median": statistics.median([s for p in phases for s in p["cpu_ms"]] or [0]),
             "file_bytes": max((p["file_bytes"] or 0) for p in phases),
             "phases": phases,
         }
@@ -180,7 +183,9 @@ def _describe(phase: dict[str, Any]) -> str:
         text += (
             f", {phase['snapshot_count']} snapshot(s): stall max {max(phase['stall_ms'], default=0):.1f} ms, "
             f"on loop {max(phase['loop_ms'], default=0):.0f} ms, "
-            f"write {max(phase['write_ms'], default=0):.0f} ms, {(phase['file_bytes'] or 0) / 1e6:.0f} MB"
+            f"write {max(phase['write_ms'], default=0):.0f} ms, "
+            f"CPU {max(phase['cpu_ms'], default=0):.0f} ms, "
+            f"{(phase['file_bytes'] or 0) / 1e6:.0f} MB"
         )
     return text
 
@@ -223,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             f"events/s ({100 * r['throughput_cost']:+.1f}% cost; CPU per event {100 * r['cpu_cost']:+.1f}%), "
             f"stall per snapshot median {r['stall_ms_median']:.1f} ms max {r['stall_ms_max']:.1f} ms, "
             f"copy on loop {r['loop_ms_median']:.0f} ms, write {r['write_ms_median']:.0f} ms, "
+            f"CPU per snapshot {r['cpu_ms_median']:.0f} ms, "
             f"file {r['file_bytes'] / 1e6:.0f} MB"
         )
     args.out_dir.mkdir(parents=True, exist_ok=True)

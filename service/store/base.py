@@ -102,7 +102,9 @@ class Saved:
     count: int  # sessions written
     stall_s: float = 0.0  # the longest single step the copy held the event loop
     loop_s: float = 0.0  # all of the copy's steps on the event loop together
+    loop_cpu_s: float = 0.0  # their CPU time
     write_s: float = 0.0  # converting, checksumming and writing the file, in a thread
+    write_cpu_s: float = 0.0  # CPU time of that thread (the rest of write_s is waiting for the disk)
 
 
 class Status(enum.IntEnum):

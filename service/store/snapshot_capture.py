@@ -67,7 +67,8 @@ class _PartCopy:
 @dataclass
 class Capture:
     """What one snapshot saves, copied out of the store; `stall_s` is the longest single step the
-    copy held the event loop, `loop_s` all of them together."""
+    copy held the event loop, `loop_s` all of them together (wall clock), `loop_cpu_s` their CPU time
+    (less than `loop_s` where the machine is shared and the process waits for a core)."""
 
     wall_offset: float
     ttl: float
@@ -77,6 +78,7 @@ class Capture:
     tombstones: list[tuple[SessionKey, tuple[str, int, float]]] = field(default_factory=list)
     stall_s: float = 0.0
     loop_s: float = 0.0
+    loop_cpu_s: float = 0.0
 
 
 def _copy_rows(p: Partition, start: int, stop: int) -> _Chunk:
@@ -129,12 +131,13 @@ def _finish(store: MemoryStore, capture: Capture) -> None:
 
 def capture_now(store: MemoryStore) -> Capture:
     """The whole copy in one step."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.thread_time()
     capture = _begin(store)
     for copy, p in zip(capture.parts, store.partitions, strict=False):
         copy.chunks.append(_copy_rows(p, 0, p.capacity))
     _finish(store, capture)
     capture.stall_s = capture.loop_s = time.perf_counter() - t0
+    capture.loop_cpu_s = time.thread_time() - cpu0
     return capture
 
 
@@ -143,22 +146,24 @@ async def capture(
 ) -> Capture:
     """The copy in steps of at most `chunk_bytes` of state and `chunk_rows` rows, yielding to the event
     loop between them. Partitions attached after it began are left to the next snapshot."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.thread_time()
     capture = _begin(store)
-    steps = [time.perf_counter() - t0]
+    steps, cpu = [time.perf_counter() - t0], time.thread_time() - cpu0
     for copy, p in zip(capture.parts, store.partitions, strict=False):
         start, step = 0, _rows_per_chunk(p, chunk_bytes, chunk_rows)
         while start < p.capacity:  # the slab may grow meanwhile: its new rows are copied too
             await asyncio.sleep(0)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             copy.chunks.append(_copy_rows(p, start, min(start + step, p.capacity)))
             steps.append(time.perf_counter() - t)
+            cpu += time.thread_time() - c
             start += step
     await asyncio.sleep(0)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.thread_time()
     _finish(store, capture)
     steps.append(time.perf_counter() - t)
-    capture.stall_s, capture.loop_s = max(steps), sum(steps)
+    cpu += time.thread_time() - c
+    capture.stall_s, capture.loop_s, capture.loop_cpu_s = max(steps), sum(steps), cpu
     return capture
 
 
@@ -180,16 +185,33 @@ def _latest_only(capture: Capture) -> None:
                 c.answers = [a for a, good in zip(c.answers, keep.tolist(), strict=True) if good]
 
 
+@dataclass
+class Pieces:
+    """An array given as pieces whose bytes, in order, are its bytes in C order: the state tensors,
+    written chunk by chunk without first joining hundreds of MB into one array."""
+
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    parts: list[np.ndarray]
+
+
+def _state_pieces(part: _PartCopy, k: int) -> Pieces:
+    """State tensor k of a partition's chunks, [L, n, H]: per layer, each chunk's [n_c, H] rows."""
+    chunks = part.chunks
+    n = sum(len(c.keys) for c in chunks)
+    parts = [np.ascontiguousarray(c.states[k][layer]) for layer in range(part.layers) for c in chunks]
+    return Pieces(np.dtype(np.float32), (part.layers, n, part.hidden), parts)
+
+
 def _merge(part: _PartCopy) -> _Chunk:
-    """A partition's chunks as one."""
-    empty = np.zeros((part.layers, 0, part.hidden), np.float32)
+    """A partition's chunks as one, but for the state tensors (see `_state_pieces`)."""
     c = part.chunks
 
     def cat(name: str) -> np.ndarray:
         return np.concatenate([getattr(x, name) for x in c])
 
     return _Chunk(
-        states=[np.concatenate([empty, *(x.states[s] for x in c)], axis=1) for s in range(part.state_count)],
+        states=[],
         seq=cat("seq"),
         created=cat("created"),
         last_used=cat("last_used"),
@@ -201,15 +223,15 @@ def _merge(part: _PartCopy) -> _Chunk:
     )
 
 
-def to_arrays(capture: Capture) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def to_arrays(capture: Capture) -> tuple[dict[str, Any], dict[str, np.ndarray | Pieces]]:
     """(header, arrays) in snapshot_file.py's layout; CPU work for a thread, off the event loop."""
     _latest_only(capture)
     header: dict[str, Any] = {"saved_at": capture.saved_at, "owners": capture.owners, "partitions": []}
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray | Pieces] = {}
     for i, part in enumerate(capture.parts):
         c = _merge(part)
-        for k, s in enumerate(c.states):
-            arrays[f"p{i}.state{k}"] = s
+        for k in range(part.state_count):
+            arrays[f"p{i}.state{k}"] = _state_pieces(part, k)
         arrays[f"p{i}.ids"] = np.array([key_to_id(k) for k in c.keys], dtype=np.str_)
         arrays[f"p{i}.seq"] = c.seq
         arrays[f"p{i}.created"] = c.created

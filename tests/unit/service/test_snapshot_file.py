@@ -170,14 +170,23 @@ async def test_chunked_and_one_step_copies_of_a_quiet_store_are_the_same(tmp_pat
             await step(store, f"s{n}", 0, f"owner-{n % 3}")
     for n in range(0, 50, 5):
         await store.delete(f"s{n}", f"owner-{n % 3}")
-    whole = to_arrays(capture_now(store))
-    chunked = to_arrays(await capture(store, chunk_rows=3))
+    paths = tmp_path / "whole.snapshot", tmp_path / "chunked.snapshot"
+    write_snapshot(paths[0], *to_arrays(capture_now(store)))
+    write_snapshot(paths[1], *to_arrays(await capture(store, chunk_rows=3)))
+    whole, chunked = read_snapshot(paths[0]), read_snapshot(paths[1])
     assert whole[0]["partitions"] == chunked[0]["partitions"]
     assert whole[0]["owners"] == chunked[0]["owners"]
     assert whole[1].keys() == chunked[1].keys()
     for name in whole[1]:
         assert np.array_equal(whole[1][name], chunked[1][name]), name
     assert len(whole[1]["p0.ids"]) == 40 and len(whole[1]["gone.ids"]) == 10
+    assert whole[1]["p0.state0"].shape == (SHAPE[1], 40, SHAPE[2])
+    # each session's state where its id is: the chunks' rows were laid out per layer, in order
+    restored = restore(paths[1])
+    for n in range(50):
+        if n % 5:
+            seq, state = await restored.read_state(await restored.lookup(f"s{n}", f"owner-{n % 3}"))
+            assert seq == n % 4 and np.all(state[0] == (value(f"s{n}", 0, seq) if seq else 0.0)), n
 
 
 def _saved(tmp_path: Path) -> Path:
