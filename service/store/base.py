@@ -103,6 +103,7 @@ class Saved:
     stall_s: float = 0.0  # the longest single step the copy held the event loop
     loop_s: float = 0.0  # all of the copy's steps on the event loop together
     loop_cpu_s: float = 0.0  # their CPU time
+    stall_cpu_s: float = 0.0  # the CPU time of the longest step: the stall where a core is free
     write_s: float = 0.0  # converting, checksumming and writing the file, in a thread
     write_cpu_s: float = 0.0  # CPU time of that thread (the rest of write_s is waiting for the disk)
 

@@ -456,7 +456,7 @@ class MemoryStore:
         return len(rows)
 
     def remember_ended(self, session_id: str, reason: str, owner: str | None, until_wall: float) -> None:
-        """Restore a tombstone written by `tombstones` (a live session of that id keeps precedence)."""
+        """Restore a tombstone read from a snapshot file (a live session of that id keeps precedence)."""
         key = session_key(session_id)
         until = until_wall - self.wall_offset
         if key not in self._index and until > self.clock():

@@ -68,7 +68,8 @@ class _PartCopy:
 class Capture:
     """What one snapshot saves, copied out of the store; `stall_s` is the longest single step the
     copy held the event loop, `loop_s` all of them together (wall clock), `loop_cpu_s` their CPU time
-    (less than `loop_s` where the machine is shared and the process waits for a core)."""
+    (less than `loop_s` where the machine is shared and the process waits for a core), `stall_cpu_s`
+    the CPU time of the longest step (the stall on a machine with a core to spare)."""
 
     wall_offset: float
     ttl: float
@@ -79,6 +80,7 @@ class Capture:
     stall_s: float = 0.0
     loop_s: float = 0.0
     loop_cpu_s: float = 0.0
+    stall_cpu_s: float = 0.0
 
 
 def _copy_rows(p: Partition, start: int, stop: int) -> _Chunk:
@@ -137,7 +139,7 @@ def capture_now(store: MemoryStore) -> Capture:
         copy.chunks.append(_copy_rows(p, 0, p.capacity))
     _finish(store, capture)
     capture.stall_s = capture.loop_s = time.perf_counter() - t0
-    capture.loop_cpu_s = time.thread_time() - cpu0
+    capture.loop_cpu_s = capture.stall_cpu_s = time.thread_time() - cpu0
     return capture
 
 
@@ -148,7 +150,7 @@ async def capture(
     loop between them. Partitions attached after it began are left to the next snapshot."""
     t0, cpu0 = time.perf_counter(), time.thread_time()
     capture = _begin(store)
-    steps, cpu = [time.perf_counter() - t0], time.thread_time() - cpu0
+    steps, cpus = [time.perf_counter() - t0], [time.thread_time() - cpu0]
     for copy, p in zip(capture.parts, store.partitions, strict=False):
         start, step = 0, _rows_per_chunk(p, chunk_bytes, chunk_rows)
         while start < p.capacity:  # the slab may grow meanwhile: its new rows are copied too
@@ -156,14 +158,15 @@ async def capture(
             t, c = time.perf_counter(), time.thread_time()
             copy.chunks.append(_copy_rows(p, start, min(start + step, p.capacity)))
             steps.append(time.perf_counter() - t)
-            cpu += time.thread_time() - c
+            cpus.append(time.thread_time() - c)
             start += step
     await asyncio.sleep(0)
     t, c = time.perf_counter(), time.thread_time()
     _finish(store, capture)
     steps.append(time.perf_counter() - t)
-    cpu += time.thread_time() - c
-    capture.stall_s, capture.loop_s, capture.loop_cpu_s = max(steps), sum(steps), cpu
+    cpus.append(time.thread_time() - c)
+    capture.stall_s, capture.loop_s = max(steps), sum(steps)
+    capture.stall_cpu_s, capture.loop_cpu_s = max(cpus), sum(cpus)
     return capture
 
 

@@ -164,6 +164,7 @@ async def save_sessions_async(store: MemoryStore, path: Path) -> Saved:
         stall_s=snapshot.stall_s,
         loop_s=snapshot.loop_s,
         loop_cpu_s=snapshot.loop_cpu_s,
+        stall_cpu_s=snapshot.stall_cpu_s,
         write_s=time.perf_counter() - t0,
         write_cpu_s=cpu,
     )
