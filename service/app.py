@@ -25,7 +25,7 @@ from service.docs import install_offline_docs
 from service.error_handlers import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import RequestMiddleware
-from service.routes import admin, health, kserve, models, repository, sessions, steps, stream
+from service.routes import admin, health, kserve, models, pages, repository, sessions, steps, stream
 from service.sessions import SessionManager
 from service.settings import Settings, get_settings
 
@@ -138,7 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.auth = Authenticator(settings.all_api_keys())
     app.state.admin_auth = Authenticator(frozenset(settings.admin_keys))
-    for module in (models, sessions, stream, steps, kserve, health, admin, repository):
+    for module in (models, sessions, stream, steps, kserve, health, admin, repository, pages):
         app.include_router(module.router)
     install_offline_docs(app)
     install_error_handlers(app)

@@ -202,7 +202,8 @@ async def _run_server(server: uvicorn.Server, app: FastAPI) -> int:
 def _announce(host: str, port: int, grpc_port: int | None = None) -> None:
     name = f"[{host}]" if ":" in host else host
     base = f"http://{name}:{port}"
-    print(f"rnnserve listening on {base}  (API docs {base}/docs, metrics {base}/metrics)", flush=True)
+    links = f"API docs {base}/docs, metrics {base}/metrics, live demo {base}/demo"
+    print(f"rnnserve listening on {base}  ({links})", flush=True)
     if grpc_port is not None:
         print(f"rnnserve gRPC (KServe V2) listening on {name}:{grpc_port}", flush=True)
 

@@ -12,7 +12,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pytest
-from e2e_support import ServerProcess
+from e2e_support import ServerProcess, auth
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +38,7 @@ def local_page(url: str) -> tuple[str, list[str]]:
     for target in urls:
         assert urlsplit(target).netloc == urlsplit(url).netloc, f"{url} references {target}"
         if not target.startswith(("ws:", "wss:")):
-            assert httpx.get(target, timeout=30).status_code == 200, target
+            assert httpx.get(target, headers=auth(), timeout=30).status_code == 200, target
     return page.text, urls
 
 
@@ -47,3 +47,11 @@ def test_api_docs_load_every_asset_from_the_server(server: ServerProcess, path: 
     text, urls = local_page(server.url + path)
     assert any(u.endswith(".js") for u in urls) and "/openapi.json" in text
     assert '"validatorUrl": null' in text or path == "/redoc"  # no spec sent to validator.swagger.io
+
+
+def test_index_and_demo_are_served_from_here_and_linked(server: ServerProcess) -> None:
+    _, index_urls = local_page(server.url + "/")
+    assert f"{server.url}/demo" in index_urls and f"{server.url}/docs" in index_urls
+    text, demo_urls = local_page(server.url + "/demo")
+    assert f"{server.url}/demo/demo.js" in demo_urls and "<canvas" in text
+    assert f"live demo {server.url}/demo" in server.log()  # the start banner links it
