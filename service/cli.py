@@ -257,6 +257,8 @@ def missing_packages(command: str) -> list[str]:
 def _delegate(command: str, args: list[str]) -> int:
     module, prefix, _, extra = _DELEGATED[command]
     missing = missing_packages(command)
+    if missing == ["torch"] and {"-h", "--help"} & set(args):
+        missing = []  # the training command's options need no torch: its --help works without it
     if missing:
         print(_MISSING.format(command=command, missing=", ".join(missing), extra=extra), file=sys.stderr)
         return EXIT_USAGE

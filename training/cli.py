@@ -15,8 +15,6 @@ from pathlib import Path
 from service.manifest import ArtifactError
 from training.config import TrainConfig, add_train_arguments, config_from_args
 from training.data.errors import DataError
-from training.export import ExportMismatch
-from training.tbptt import TrainingDiverged
 
 EXIT_BAD_INPUT = 2
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # as service.manifest.Manifest requires
@@ -44,22 +42,28 @@ def _add_output_arguments(parser: argparse.ArgumentParser, name: str | None) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training.tasks import lm, sensor
+    from training import options
 
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
+    # `rnnserve train ...` runs this module; the parser needs no torch, so --help works without it
+    parser = argparse.ArgumentParser(prog="rnnserve train", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     tasks: list[tuple[str, str, TrainConfig, tuple[str, int, int, float]]] = [
-        ("lm", "train a word-level next-word model on a text corpus", lm.DEFAULTS, ("lstm", 200, 2, 0.2)),
+        (
+            "lm",
+            "train a word-level next-word model on a text corpus",
+            options.LM_DEFAULTS,
+            ("lstm", 200, 2, 0.2),
+        ),
         (
             "sensor",
             "train a multivariate next-reading model with a Gaussian head and anomaly calibration",
-            sensor.DEFAULTS,
+            options.SENSOR_DEFAULTS,
             ("lstm", 64, 1, 0.0),
         ),
     ]
     for task, help_text, defaults, (cell, hidden, layers, dropout) in tasks:
         p = sub.add_parser(task, help=help_text, description=help_text)
-        (lm if task == "lm" else sensor).add_arguments(p)
+        (options.add_lm_arguments if task == "lm" else options.add_sensor_arguments)(p)
         _add_model_arguments(p, cell, hidden, layers, dropout)
         add_train_arguments(p, defaults)
         _add_output_arguments(p, task)
@@ -106,6 +110,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from training.export import ExportMismatch  # torch from here on: parsing (and --help) needs none
+    from training.tbptt import TrainingDiverged
+
     try:
         return _run(args)
     except (DataError, FileExistsError) as exc:

@@ -13,15 +13,6 @@ from training.export import TaskData
 from training.model import ModelSpec, RecurrentNet, Task
 from training.tbptt import LossFn
 
-# A data option of a task: (flag, type, default, help); options with a default show it in --help.
-Option = tuple[str, Callable[[str], Any], Any, str]
-
-
-def add_options(group: argparse._ArgumentGroup, options: list[Option]) -> None:
-    for flag, kind, default, help_text in options:
-        suffix = " (%(default)s)" if default is not None else ""
-        group.add_argument(flag, type=kind, default=default, help=help_text + suffix)
-
 
 def model_spec(args: argparse.Namespace, task: Task, input_size: int, vocab_size: int = 0) -> ModelSpec:
     """The CLI's model options as a spec; an impossible combination is bad input."""

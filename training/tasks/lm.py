@@ -19,37 +19,12 @@ from training.data.text import TOKENIZERS, Vocab, compile_pattern, load_splits, 
 from training.distributed import DistContext
 from training.export import TaskData
 from training.model import RecurrentNet
-from training.tasks import Option, Prepared, add_options, model_spec
+from training.tasks import Prepared, model_spec
 from training.tbptt import evaluate
 
-DEFAULTS = TrainConfig(epochs=20, batch_size=20, bptt=35, lr=2e-3, clip=0.25, patience=2)
 EVAL_STREAMS = 10
 # The shared data directory beside the repository (resolved when the command runs, not at import).
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "wikitext-2"
-
-
-_DATA_OPTIONS: list[Option] = [
-    ("--data", Path, None, "directory with wiki.{train,valid,test}.tokens or {train,valid,test}.txt "
-                           "(default: ../shared/data/wikitext-2 beside the repository)"),
-    ("--train", Path, None, "training text file (with --valid and --test)"),
-    ("--valid", Path, None, "validation text file"),
-    ("--test", Path, None, "test text file"),
-    ("--corpus", Path, None, "one UTF-8 text file, split into train/valid/test by lines"),
-    ("--valid-fraction", float, 0.05, "with --corpus"),
-    ("--test-fraction", float, 0.05, "with --corpus"),
-    ("--max-vocab", int, 10000, "vocabulary size cap including <unk> and <eos>, 0 for none"),
-    ("--min-count", int, 1, "words seen fewer times in training become <unk>"),
-    ("--tokenizer", str, "wikitext", "'wikitext', 'whitespace' or a regular expression for re.findall"),
-    ("--embedding", int, None, "embedding size (default: hidden size)"),
-]  # fmt: skip
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("lm data")
-    add_options(g, _DATA_OPTIONS)
-    g.add_argument("--lowercase", action="store_true", help="lower-case text before tokenizing")
-    g.add_argument("--tied", action=argparse.BooleanOptionalAction, default=True,
-                   help="tie the output layer to the embedding (halves a big-vocabulary model)")  # fmt: skip
 
 
 def lm_loss(outputs: tuple[Tensor, ...], targets: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -34,35 +34,11 @@ from training.data.synthetic import ANOMALY_TYPES, WEEK, SensorSeries, generate
 from training.distributed import DistContext
 from training.export import TaskData
 from training.model import RecurrentNet, gaussian_nll
-from training.tasks import Option, Prepared, add_options, model_spec
+from training.options import SENSOR_DEFAULTS as DEFAULTS
+from training.options import add_sensor_arguments as add_arguments
+from training.tasks import Prepared, model_spec
 
-DEFAULTS = TrainConfig(
-    epochs=60, batch_size=8, bptt=48, lr=3e-3, weight_decay=1e-4, clip=1.0, patience=6, min_delta=1e-3
-)
 EVAL_STREAMS = 4
-
-
-_DATA_OPTIONS: list[Option] = [
-    ("--csv", Path, None, "one CSV file, split in time into train/valid/test"),
-    ("--train-csv", Path, None, "training CSV (with --valid-csv and --test-csv)"),
-    ("--valid-csv", Path, None, "validation CSV (labelled anomalies calibrate the threshold)"),
-    ("--test-csv", Path, None, "test CSV"),
-    ("--valid-fraction", float, 0.15, "with --csv"),
-    ("--test-fraction", float, 0.15, "with --csv"),
-    ("--timestamp-column", str, None, "timestamp column name (default: the first column)"),
-    ("--label-column", str, "label", "optional column of anomaly labels: empty/0 normal, 1 or a type name"),
-    ("--contamination", float, 0.01, "share of validation readings flagged when validation has no labels"),
-    ("--synthetic-weeks", float, 26, "synthetic training weeks"),
-    ("--synthetic-eval-weeks", float, 12, "weeks per synthetic validation/test stream, one per anomaly type"),
-    ("--synthetic-events", int, 20, "anomalies per synthetic validation/test stream"),
-    ("--synthetic-train-anomalies", int, 0, "anomalies of each type in the synthetic training weeks"),
-    ("--plant-seed", int, 0, "seed of the synthetic plant"),
-]  # fmt: skip
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("sensor data (default: the built-in synthetic plant)")
-    add_options(group, _DATA_OPTIONS)
 
 
 def carry_forward(z: np.ndarray) -> np.ndarray:

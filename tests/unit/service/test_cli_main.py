@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 
@@ -141,3 +142,20 @@ def test_train_hands_over_to_the_training_package(capfd: pytest.CaptureFixture[s
     assert cli.main(["train", "--help"]) == 0
     out = capfd.readouterr().out
     assert "lm" in out and "sensor" in out and "export" in out
+
+
+@pytest.mark.parametrize("task", ["lm", "sensor"])
+def test_train_help_needs_no_torch(
+    task: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Without torch (the service says torch is missing; in the child a `torch` that cannot be
+    imported) `rnnserve train TASK --help` lists the options, under its own name."""
+    (tmp_path / "torch.py").write_text("raise ImportError('no torch in this test')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setattr(cli, "missing_packages", lambda command: ["torch"])
+    assert cli.main(["train", task, "--help"]) == 0
+    out = capfd.readouterr().out
+    assert out.startswith(f"usage: rnnserve train {task} ") and "--hidden" in out and "--out" in out
+    assert ("--max-vocab" if task == "lm" else "--plant-seed") in out
+    assert cli.main(["train", task, "--epochs", "1"]) == 2  # training itself still says what is missing
+    assert "pip install 'rnnserve[train]'" in capfd.readouterr().err
