@@ -16,6 +16,7 @@ SECTIONS = (
     "multi_event",
     "open_loop",
     "sensor",
+    "cost",
     "memory",
     "training",
 )
@@ -47,6 +48,7 @@ class SuiteConfig:
     multi_event_sessions: int = 64
     ws_loads: tuple[int, ...] = (1, 256)
     sensor_loads: tuple[int, ...] = (1, 256)
+    cost_duration_s: float = 3.0  # each cell of the serving-cost section (benchmarks/cost.py)
     open_loop_sessions: int = 256
     open_loop_fractions: tuple[float, ...] = (0.5, 0.9)  # of the closed-loop events/s at that load
     memory_sessions: int = 100_000
@@ -68,6 +70,7 @@ class SuiteConfig:
             limit_s=0.4,
             ws_loads=(1, 256),
             sensor_loads=(256,),
+            cost_duration_s=1.0,
             low_load_s=2.0,
             multi_event_sessions=32,
             open_loop_fractions=(0.5,),

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cost import table_line
+
 TARGET_LOAD = 256
 
 
@@ -158,6 +160,7 @@ def targets(
             how,
         )
     )
+    out.extend(cost_targets(results["cost"] if _ok(results.get("cost")) else []))
     mem = results.get("memory", {})
     if _ok(mem):
         note = f"RSS growth per idle session at {mem['sessions']:,} sessions"
@@ -193,6 +196,52 @@ def targets(
                 str(train.get("skipped") or train.get("error") or "not run"),
             )
         )
+    return out
+
+
+# (task, transport) -> (goal text, test) on the serving-cost rows (issue 11)
+COST_TARGETS: dict[tuple[str, str], tuple[str, str, Any]] = {
+    ("lm", "ws"): (
+        "inference share, lm WebSocket, 256 sessions",
+        ">= 0.6",
+        lambda r: r["inference_share"] >= 0.6,
+    ),
+    ("lm", "http"): (
+        "inference share, lm HTTP, 256 sessions",
+        ">= 0.45",
+        lambda r: r["inference_share"] >= 0.45,
+    ),
+    ("sensor", "ws"): (
+        "server CPU us/event, sensor WebSocket, 256 sessions",
+        "<= 60",
+        lambda r: r["server_cpu_us_per_event"] <= 60,
+    ),
+    ("sensor", "bulk"): (
+        "server CPU us/event, sensor bulk, 1000 sessions",
+        "<= 10",
+        lambda r: r["server_cpu_us_per_event"] <= 10,
+    ),
+    ("lm", "bulk"): (
+        "inference share, lm bulk, 512 sessions",
+        ">= 0.8",
+        lambda r: r["inference_share"] >= 0.8,
+    ),
+}
+
+
+def cost_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        goal = COST_TARGETS.get((r["task"], r["transport"]))
+        if goal is None or not r["events"]:
+            continue
+        name, text, test = goal
+        value = r["server_cpu_us_per_event"] if "us/event" in name else r["inference_share"]
+        note = (
+            f"{r['server_cpu_us_per_event']:.1f} us/event server, {r['ort_cpu_us_per_event']:.1f} ORT, "
+            f"batch {r['mean_batch']:.0f}"
+        )
+        out.append(_target(name, text, value, bool(test(r)), note))
     return out
 
 
@@ -288,6 +337,13 @@ def table(results: dict[str, Any]) -> str:
                 f"({_f(_ratio(run['events_per_s'], sensor_limit), '.1%')} of its limit "
                 f"{_f(sensor_limit)}), p50 {_f(run['latency_ms'].get('p50'), '.2f')} ms"
             )
+    if _ok(results.get("cost")):
+        lines.append("")
+        lines.append(
+            "serving cost (server CPU per event from /proc; ORT: ONNX Runtime alone at the server's mean "
+            "batch; share = ORT / server):"
+        )
+        lines.extend(table_line(r) for r in results["cost"])
     mem = results.get("memory", {})
     if _ok(mem):
         lines.append(

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import limit, memory, training_bench
+from benchmarks import cost, limit, memory, training_bench
 from benchmarks.config import SuiteConfig
 from benchmarks.loadgen import LoadSpec, create_sessions, interleaved, run_async, run_load
 from benchmarks.models import Artifact, prepare_models
@@ -318,6 +318,15 @@ class _Run:
             for n in self.cfg.sensor_loads
         ]
 
+    def cost(self) -> list[dict[str, Any]]:
+        """Server CPU per event against ONNX Runtime's at the server's mean batch, per task and transport
+        (benchmarks/cost.py), on a fresh server."""
+        cfg = self.cfg
+        with self.start(self.service("cost")) as (server,):
+            return cost.run(
+                [server], self.arts, cost.DEFAULT_CELLS, cfg.cost_duration_s, cfg.warmup_s, cfg.threads
+            )
+
     def memory(self) -> dict[str, Any]:
         with self.start(self.service("memory")) as (server,):
             return memory.measure(server, self.arts["lm"], self.cfg.memory_sessions)
@@ -377,6 +386,7 @@ def run_suite(cfg: SuiteConfig, argv: list[str]) -> dict[str, Any]:
         run.section("client", run.client)
         run.section("limit", run.limits)
         run.comparisons()
+        run.section("cost", run.cost)
         run.section("memory", run.memory)
         run.section("training", lambda: training_bench.run(cfg, arts["lm"]))
         run.results["meta"]["wall_s"] = round(time.perf_counter() - t0, 1)
