@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.config import RESULTS_DIR, SECTIONS, SuiteConfig, default_threads
+from benchmarks.cost import cells as cost_cells
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -84,6 +85,12 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         help="the batcher-on server's max_batch_size (default: the service's own default)",
     )
+    p.add_argument(
+        "--cost-cells",
+        type=cost_cells,
+        help="the serving-cost section's task:transport:sessions,... (default: lm and sensor over http "
+        "and ws at 256, bulk at 512 (lm) and 1000 (sensor), bulk_ws likewise)",
+    )
     p.add_argument("--training-seconds", type=float, help="seconds of training measured, both loops together")
     p.add_argument(
         "--skip",
@@ -112,6 +119,7 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
         "memory_sessions": args.memory_sessions,
         "max_batch_size": args.max_batch_size,
         "training_s": args.training_seconds,
+        "cost_cells": None if args.cost_cells is None else tuple(args.cost_cells),
     }
     overrides.update({k: v for k, v in optional.items() if v is not None})
     cfg = SuiteConfig.quick_preset(**overrides) if args.quick else replace(SuiteConfig(), **overrides)

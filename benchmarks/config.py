@@ -49,6 +49,17 @@ class SuiteConfig:
     ws_loads: tuple[int, ...] = (1, 256)
     sensor_loads: tuple[int, ...] = (1, 256)
     cost_duration_s: float = 3.0  # each cell of the serving-cost section (benchmarks/cost.py)
+    # (task, transport, sessions) cells of that section; the targets are at these loads
+    cost_cells: tuple[tuple[str, str, int], ...] = (
+        ("lm", "http", 256),
+        ("lm", "ws", 256),
+        ("sensor", "http", 256),
+        ("sensor", "ws", 256),
+        ("lm", "bulk", 512),
+        ("lm", "bulk_ws", 512),
+        ("sensor", "bulk", 1000),
+        ("sensor", "bulk_ws", 1000),
+    )
     open_loop_sessions: int = 256
     open_loop_fractions: tuple[float, ...] = (0.5, 0.9)  # of the closed-loop events/s at that load
     memory_sessions: int = 100_000

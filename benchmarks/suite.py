@@ -324,7 +324,7 @@ class _Run:
         cfg = self.cfg
         with self.start(self.service("cost")) as (server,):
             return cost.run(
-                [server], self.arts, cost.DEFAULT_CELLS, cfg.cost_duration_s, cfg.warmup_s, cfg.threads
+                [server], self.arts, cfg.cost_cells, cfg.cost_duration_s, cfg.warmup_s, cfg.threads
             )
 
     def memory(self) -> dict[str, Any]:

@@ -149,7 +149,9 @@ def _serve(settings: Settings, workers: int) -> int:
         if settings.store == "memory":
             print(
                 "rnnserve serve: --workers > 1 needs RNNSERVE_STORE=redis (the memory store keeps sessions "
-                "inside one process)",
+                "inside one process: each worker would hold its own, and a session's requests would reach "
+                "workers that do not know it; with redis every worker reads and writes the same sessions "
+                "by check-and-set). See README, 'Many cores'.",
                 file=sys.stderr,
             )
             return EXIT_USAGE

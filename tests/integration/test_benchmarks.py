@@ -58,6 +58,8 @@ def results(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "300",
         "--training-seconds",
         "0.5",
+        "--cost-cells",
+        "lm:http:4,lm:ws:4,sensor:ws:4,lm:bulk:8,sensor:bulk:8,sensor:bulk_ws:8",
         "--out-dir",
         str(out),
     ]
@@ -104,6 +106,19 @@ def test_figures_are_positive_and_finite(results: tuple[dict[str, Any], Path]) -
     for section in ("open_loop", "sensor"):
         for entry in data[section]:
             _check_run(entry["run"], section)
+    cells = [(r["task"], r["transport"], r["sessions"]) for r in data["cost"]]
+    assert cells == [
+        ("lm", "http", 4),
+        ("lm", "ws", 4),
+        ("sensor", "ws", 4),
+        ("lm", "bulk", 8),
+        ("sensor", "bulk", 8),
+        ("sensor", "bulk_ws", 8),
+    ]
+    for r in data["cost"]:
+        assert r["errors"] == 0 and r["events"] > 0, r
+        assert _positive(r["server_cpu_us_per_event"]) and _positive(r["ort_cpu_us_per_event"])
+        assert 0 < r["inference_share"] < 1.5, r  # ORT alone cannot cost much more than the server
     mem = data["memory"]
     assert mem["sessions"] == 300 and mem["state_bytes_per_session"] > 0
     assert math.isfinite(mem["ratio_to_state_bytes"]) and mem["rss_after_bytes"] > 0
@@ -119,7 +134,7 @@ def test_summary_targets_and_plots(results: tuple[dict[str, Any], Path]) -> None
             assert _positive(row[key]), (key, row)
     assert math.isfinite(summary["low_load_overhead_ms"]) and math.isfinite(summary["batcher_p50_added_ms"])
     names = {t["name"] for t in summary["targets"]}
-    assert len(names) == 5 and all(t["value"] is not None for t in summary["targets"])
+    assert len(names) == 10 and all(t["value"] is not None for t in summary["targets"])
     assert sorted(data["plots"]) == sorted(p.name for p in out.glob("*.png"))
     for kind in ("throughput", "latency", "batch-sizes", "multi-event"):
         assert any(p.endswith(f"-{kind}.png") for p in data["plots"]), kind
