@@ -61,9 +61,10 @@ def skip_reason(report: pytest.TestReport) -> str:
     return str(longrepr)
 
 
-def write_summary(terminal: pytest.TerminalReporter) -> None:
+def write_summary(terminal: pytest.TerminalReporter, not_collected: list[str]) -> None:
+    """`not_collected`: test paths left out because torch is missing (their modules import it)."""
     skipped: list[pytest.TestReport] = terminal.stats.get("skipped", [])
-    if not skipped:
+    if not skipped and not not_collected:
         return
     counts: Counter[str] = Counter()
     enable: dict[str, str] = {}
@@ -74,6 +75,11 @@ def write_summary(terminal: pytest.TerminalReporter) -> None:
         counts[name] += 1
         enable.setdefault(name, group.enable if group else reason)
     terminal.section(f"NOT TESTED HERE: {len(skipped)} skipped", sep="=", yellow=True, bold=True)
+    if not_collected:
+        terminal.write_line(
+            f"  {'training':<15} not collected (no torch: {', '.join(not_collected)})   "
+            "enable: pip install -e '.[dev,train]'"
+        )
     for name, count in counts.most_common():
         how = "enable:" if name != "other" else "reason:"
         terminal.write_line(f"  {name:<15} {count:>4} skipped   {how} {enable[name]}")
