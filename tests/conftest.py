@@ -29,9 +29,13 @@ NEEDS_TORCH = (
 NOT_COLLECTED: list[Path] = []
 
 
-def pytest_ignore_collect(collection_path: Path) -> bool | None:
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     if not HAVE_TORCH and collection_path in NEEDS_TORCH:
-        NOT_COLLECTED.append(collection_path)
+        # listed in the summary only when the run asked for it (pytest also looks at siblings)
+        asked = [Path(arg.split("::")[0]).resolve() for arg in config.args]
+        path = collection_path
+        if any(a == path or path in a.parents or a in path.parents for a in asked):
+            NOT_COLLECTED.append(collection_path)
         return True
     return None
 
