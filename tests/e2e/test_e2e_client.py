@@ -149,14 +149,13 @@ def test_asyncio_client(server: ServerProcess, references: dict[str, Reference])
     events = make_events(ref, random.Random(2), 6)
 
     async def run() -> list[dict[str, Any]]:
-        async with AsyncClient(server.url, KEYS[1]) as client:
-            async with await client.session("sensor-lstm") as s:
-                outputs = (await s.step(events[:3])).outputs
-                outputs += (await s.step(events[3])).outputs  # one reading as a flat list
-                async for result in s.stream([events[4:]]):
-                    outputs += result.outputs
-                assert s.seq == (await s.info()).seq == len(events)
-                return outputs
+        async with AsyncClient(server.url, KEYS[1]) as client, await client.session("sensor-lstm") as s:
+            outputs = (await s.step(events[:3])).outputs
+            outputs += (await s.step(events[3])).outputs  # one reading as a flat list
+            async for result in s.stream([events[4:]]):
+                outputs += result.outputs
+            assert s.seq == (await s.info()).seq == len(events)
+            return outputs
 
     check(ref, events, asyncio.run(run()))
 
