@@ -95,36 +95,38 @@ class Stepped(Protocol):
     seq: int
 
 
-def bulk_body(
-    items: Sequence[tuple[Stepped, Events]], options: dict[str, Any]
-) -> tuple[dict[str, Any], list[int]]:
-    """The `steps` body, each step at the seq its session will be at by then."""
+BulkItem = tuple[Stepped, Events] | tuple[Stepped, Events, Mapping[str, Any]]
+
+
+def bulk_body(items: Sequence[BulkItem], options: Mapping[str, Any]) -> dict[str, Any]:
+    """The `steps` body: each step at the seq its session will be at by then (a session may appear
+    more than once, with tokens or readings), with the call's options and its own (a third item)."""
     seqs: dict[str, int] = {}
-    steps, expected = [], []
-    for session, events in items:
+    steps = []
+    for item in items:
+        session, events = item[0], item[1]
+        own = item[2] if len(item) == 3 else {}
         seq = seqs.get(session.id, session.seq)
-        step = {"session_id": session.id, **events_body(events, seq, options)}
+        step = {"session_id": session.id, **events_body(events, seq, {**options, **own})}
         count = event_count(step)
-        if count is None and sum(1 for s, _ in items if s.id == session.id) > 1:
+        if count is None and sum(1 for other in items if other[0].id == session.id) > 1:
             raise ValueError(
                 "a session that appears twice in one bulk call takes tokens or readings, not text"
             )
         seqs[session.id] = seq + (count or 0)
         steps.append(step)
-        expected.append(seq)
-    return {"steps": steps}, expected
+    return {"steps": steps}
 
 
-def bulk_results(
-    items: Sequence[tuple[Stepped, Events]], expected: list[int], answer: Any
-) -> list[StepResult | RnnserveError]:
+def bulk_results(items: Sequence[BulkItem], answer: Any) -> list[StepResult | RnnserveError]:
+    """One StepResult or typed error per step; each session's seq follows its applied steps."""
     results: list[StepResult | RnnserveError] = []
-    for (session, _), raw in zip(items, answer["results"], strict=True):
-        if "error" in raw:
+    for item, raw in zip(items, answer["results"], strict=True):
+        if raw.get("error"):
             results.append(error_from(0, raw))
             continue
         result = parse_step(raw)
-        session.seq = max(session.seq, result.seq)
+        item[0].seq = max(item[0].seq, result.seq)
         results.append(result)
     return results
 

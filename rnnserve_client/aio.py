@@ -21,6 +21,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from rnnserve_client._protocol import (
+    BulkItem,
     Events,
     Generated,
     Retry,
@@ -90,11 +91,9 @@ class AsyncClient:
             info = SessionInfo.parse(await self.request("POST", "/v1/sessions", body, retry="unsent"))
         return AsyncSession(self, info)
 
-    async def steps(
-        self, items: Sequence[tuple[AsyncSession, Events]], **options: Any
-    ) -> list[StepResult | RnnserveError]:
-        body, expected = bulk_body(items, options)
-        return bulk_results(items, expected, await self.request("POST", "/v1/steps", body))
+    async def steps(self, items: Sequence[BulkItem], **options: Any) -> list[StepResult | RnnserveError]:
+        """See `sync.Client.steps`."""
+        return bulk_results(items, await self.request("POST", "/v1/steps", bulk_body(items, options)))
 
 
 class AsyncSession:

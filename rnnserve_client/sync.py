@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import connect
 
 from rnnserve_client._protocol import (
+    BulkItem,
     Events,
     Generated,
     Retry,
@@ -95,14 +96,12 @@ class Client:
             info = SessionInfo.parse(self.request("POST", "/v1/sessions", body, retry="unsent"))
         return Session(self, info)
 
-    def steps(
-        self, items: Sequence[tuple[Session, Events]], **options: Any
-    ) -> list[StepResult | RnnserveError]:
-        """Bulk steps (`POST /v1/steps`): one result per item, in order, each a StepResult or the
-        typed error of that step alone. A session may appear more than once (tokens or readings)."""
-        body, expected = bulk_body(items, options)
-        answer = self.request("POST", "/v1/steps", body)
-        return bulk_results(items, expected, answer)
+    def steps(self, items: Sequence[BulkItem], **options: Any) -> list[StepResult | RnnserveError]:
+        """Bulk steps (`POST /v1/steps`): items are (session, events) or (session, events, options);
+        one result per item, in order, each a StepResult or the typed error of that step alone. A
+        session may appear more than once (tokens or readings; if one of its steps fails, the later
+        ones answer SequenceConflict). Retried as a whole: every step carries its seq."""
+        return bulk_results(items, self.request("POST", "/v1/steps", bulk_body(items, options)))
 
 
 class Session:

@@ -221,3 +221,32 @@ def test_a_session_goes_on_across_a_server_restart(
             assert s.info().seq == len(events)
     finally:
         proxy.close()
+
+
+def test_bulk_steps_and_their_retry(
+    server: ServerProcess, proxy: DroppingProxy, references: dict[str, Reference]
+) -> None:
+    lm, sensor = references["lm-gru"], references["sensor-gru"]
+    rng = random.Random(5)
+    words, readings = make_events(lm, rng, 6), make_events(sensor, rng, 4)
+    before = replays(server, "lm-gru")
+    with Client(proxy.url, KEYS[0], retry_for_s=20) as client:
+        a, b, gone = client.session("lm-gru"), client.session("sensor-gru"), client.session("lm-gru")
+        gone.delete()
+        first = client.steps(
+            [
+                (a, words[:2], {"top_k": TOP_K}),
+                (b, readings[:2]),
+                (a, words[2:3], {"top_k": TOP_K}),
+                (gone, ["w1"]),
+            ]
+        )
+        assert isinstance(first[3], e.SessionDeleted)
+        proxy.drop = 1  # applied, answer lost: the whole bulk call is sent again, same seqs
+        second = client.steps([(a, words[3:], {"top_k": TOP_K}), (b, readings[2:])])
+        assert proxy.dropped == 1 and replays(server, "lm-gru") == before + 1
+        results = [r for r in first[:3] + second if not isinstance(r, Exception)]
+        assert len(results) == 5
+        check(lm, words, results[0].outputs + results[2].outputs + results[3].outputs)
+        check(sensor, readings, results[1].outputs + results[4].outputs)
+        assert (a.seq, b.seq) == (a.info().seq, b.info().seq) == (len(words), len(readings))
