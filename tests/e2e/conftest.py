@@ -62,7 +62,7 @@ def start_server(tiny_models_dir: Path, tmp_path: Path) -> Iterator[StartServer]
         models_dir: Path | None = None, workdir: Path | None = None, ready: bool = True, **settings: str
     ) -> ServerProcess:
         process = ServerProcess(
-            models_dir or tiny_models_dir, workdir or tmp_path / f"s{len(started)}", **settings
+            models_dir or tiny_models_dir, workdir or tmp_path / f"s{len(started)}", None, None, **settings
         )
         started.append(process)
         return process.wait_ready() if ready else process
