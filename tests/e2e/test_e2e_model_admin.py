@@ -148,3 +148,21 @@ def test_bad_management_requests_change_nothing(start_server: StartServer) -> No
         assert response.status_code == status, (path, response.text)
         assert "error" in response.json(), path
     assert httpx.get(f"{server.url}/v1/models").json() == before
+
+
+def test_tritonclient_manages_the_repository(start_server: StartServer) -> None:
+    """Triton's own HTTP client drives index, unload and load unchanged (auth off: no admin key needed)."""
+    import tritonclient.http as triton
+
+    server = start_server(watch_models_s="0", unload_policy="end")
+    client = triton.InferenceServerClient(httpx.URL(server.url).netloc.decode())
+    index = {(m["name"], m["version"]): m["state"] for m in client.get_model_repository_index()}
+    assert index[("lm-gru", "1")] == "READY"
+    assert client.is_model_ready("lm-gru")
+    client.unload_model("lm-gru", unload_dependents=True)
+    assert not client.is_model_ready("lm-gru")
+    index = {(m["name"], m["version"]): m for m in client.get_model_repository_index()}
+    assert index[("lm-gru", "1")]["state"] == "UNAVAILABLE" and index[("lm-gru", "1")]["reason"] == "unloaded"
+    client.load_model("lm-gru")
+    assert client.is_model_ready("lm-gru")
+    client.close()
