@@ -88,7 +88,7 @@ def bulk_bodies(ids: Sequence[str], bodies: Sequence[bytes], count: int = 4) -> 
     ]
 
 
-async def _bulk_loop(
+async def bulk_loop(
     port: int,
     bodies: Sequence[bytes],
     ws: bool,
@@ -154,7 +154,7 @@ def measure_cell(
 
     if transport.startswith("bulk"):
         ok, requests = run_async(
-            _bulk_loop(
+            bulk_loop(
                 server.port, bulk_bodies(ids, bodies), transport == "bulk_ws", warmup_s, duration_s, mark
             )
         )

@@ -74,11 +74,34 @@ def _own_copy(exc: ServiceError) -> ServiceError:
     return clone
 
 
+class _Slot(Generic[O]):
+    """Where `run_now` collects a job's outcome: the few Future methods `_run_group` uses, without an
+    event-loop future per job (a bulk request has thousands of jobs and nobody awaits them one by one)."""
+
+    __slots__ = ("_done", "outcome")
+
+    def __init__(self) -> None:
+        self.outcome: O | BaseException | None = None
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def cancelled(self) -> bool:
+        return False
+
+    def set_result(self, result: O) -> None:
+        self.outcome, self._done = result, True
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.outcome, self._done = exc, True
+
+
 @dataclass(slots=True)
 class _Job(Generic[I, O]):
     item: I
     events: int
-    future: asyncio.Future[O]
+    future: asyncio.Future[O] | _Slot[O]
     enqueued_at: float
 
 
@@ -156,10 +179,11 @@ class Batcher(Generic[I, O]):
         The call shares the worker thread with the queue's, so the two never overlap."""
         if self._closing:
             raise ShuttingDown("the server is shutting down")
-        loop, now = asyncio.get_running_loop(), self.clock()
-        jobs = [_Job(item, events, loop.create_future(), now) for item in items]
+        now = self.clock()
+        slots: list[_Slot[O]] = [_Slot() for _ in items]
+        jobs = [_Job(item, events, slot, now) for item, slot in zip(items, slots, strict=True)]
         await self._run_group(events, jobs)
-        return [job.future.exception() or job.future.result() for job in jobs]
+        return [slot.outcome for slot in slots]  # type: ignore[misc]  # every slot is set
 
     # ---- the loop ----------------------------------------------------------------------------------
 
