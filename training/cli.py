@@ -31,6 +31,15 @@ def _add_model_arguments(
     g.add_argument("--hidden", type=int, default=hidden, help="hidden units per layer (%(default)s)")
     g.add_argument("--dense", type=int, default=None, help="width of an optional dense layer before the head")
     g.add_argument("--dropout", type=float, default=dropout, help="dropout probability (%(default)s)")
+    regularisers = [
+        ("--dropout-embedding", "lm: probability of dropping a word's whole embedding"),
+        ("--dropout-input", "locked (per-sequence) dropout on the recurrent core's input"),
+        ("--dropout-hidden", "locked dropout between stacked layers"),
+        ("--dropout-output", "locked dropout on the recurrent core's output"),
+        ("--weight-drop", "DropConnect probability on the hidden-to-hidden weights"),
+    ]
+    for flag, help_text in regularisers:  # training only: none of them is in the exported graph
+        g.add_argument(flag, type=float, default=0.0, help=f"{help_text} (%(default)s)")
 
 
 def _add_output_arguments(parser: argparse.ArgumentParser, name: str | None) -> None:
@@ -41,8 +50,10 @@ def _add_output_arguments(parser: argparse.ArgumentParser, name: str | None) -> 
     g.add_argument("--overwrite", action="store_true", help="replace an existing models/<name>/<version>")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
+    """The CLI; with `recipe` (an lm preset of training.recipes) its values are the lm defaults."""
     from training import options
+    from training.recipes import RECIPES
 
     # `rnnserve train ...` runs this module; the parser needs no torch, so --help works without it
     parser = argparse.ArgumentParser(prog="rnnserve train", description=__doc__.splitlines()[0])
@@ -67,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
         _add_model_arguments(p, cell, hidden, layers, dropout)
         add_train_arguments(p, defaults)
         _add_output_arguments(p, task)
+        if task == "lm":
+            p.add_argument(
+                "--recipe",
+                choices=sorted(RECIPES),
+                default=None,
+                help="preset of sizes, regularisation and schedule (see README); explicit flags win",
+            )
+            if recipe in RECIPES:  # an unknown name is left to --recipe's choices to refuse
+                p.set_defaults(**RECIPES[recipe])
     p = sub.add_parser(
         "export",
         help="export a finished run's checkpoint to an artifact again",
@@ -108,8 +128,16 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, with a --recipe's values as the defaults so that flags beside it still win."""
+    prescan = argparse.ArgumentParser(add_help=False)
+    prescan.add_argument("--recipe")
+    recipe = prescan.parse_known_args(argv)[0].recipe
+    return build_parser(recipe).parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from training.export import ExportMismatch  # torch from here on: parsing (and --help) needs none
     from training.tbptt import TrainingDiverged
 

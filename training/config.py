@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -20,6 +22,11 @@ class TrainConfig:
     lr_decay: float = 0.5  # multiply the learning rate by this when validation stalls
     min_delta: float = 1e-3  # smallest drop of the validation loss that counts as progress
     patience: int = 2  # stop after this many epochs in a row without progress
+    optimizer: str = "adam"  # "adam" | "adamw" | "sgd"
+    # Non-monotonically triggered averaging (NT-ASGD, Merity et al. 2017): once validation is worse than
+    # the best of all epochs but the last `nonmono`, weights are averaged over every later step and the
+    # average is what is validated, kept and exported. 0 never averages.
+    nonmono: int = 0
     seed: int = 1234
     threads: int = 2  # torch intra-op threads per process
     budget_minutes: float | None = None  # wall-clock limit; stops cleanly, keeps the best model
@@ -38,12 +45,17 @@ _OPTIONS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "epochs": ("maximum number of epochs", lambda v: v >= 1),
     "batch_size": ("parallel streams per process", lambda v: v >= 1),
     "bptt": ("truncated BPTT window length in steps", lambda v: v >= 1),
-    "lr": ("Adam learning rate", lambda v: v > 0),
-    "weight_decay": ("Adam weight decay", lambda v: v >= 0),
+    "lr": ("learning rate", lambda v: v > 0),
+    "weight_decay": ("weight decay (L2 for adam and sgd, decoupled for adamw)", lambda v: v >= 0),
     "clip": ("gradient-norm clipping threshold, 0 for none", lambda v: v >= 0),
     "lr_decay": ("learning-rate factor applied when validation does not improve", lambda v: 0 < v <= 1),
     "min_delta": ("smallest validation-loss improvement that counts", lambda v: v >= 0),
     "patience": ("early stop after this many epochs without improvement", lambda v: v >= 1),
+    "nonmono": (
+        "average the weights (NT-ASGD) once validation is worse than the best but the last N epochs; "
+        "0 for never",
+        lambda v: v >= 0,
+    ),
     "seed": ("random seed", lambda v: True),
     "threads": ("torch threads per process", lambda v: v >= 1),
     "budget_minutes": (
@@ -64,6 +76,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig) 
         default = getattr(defaults, name)
         kind = float if name == "budget_minutes" else type(default)
         g.add_argument(_flag(name), type=kind, default=default, help=f"{help_text} (%(default)s)")
+    g.add_argument(
+        "--optimizer", choices=OPTIMIZERS, default=defaults.optimizer, help="optimizer (%(default)s)"
+    )
     g.add_argument(
         "--dry-run",
         action="store_true",
@@ -88,6 +103,7 @@ def config_from_args(args: argparse.Namespace, name: str) -> TrainConfig:
     values = {n: getattr(args, n) for n in _OPTIONS}
     return TrainConfig(
         **{**values, "epochs": 1 if args.dry_run else args.epochs},
+        optimizer=args.optimizer,
         dry_run=args.dry_run,
         checkpoint_dir=args.checkpoint_dir or Path("checkpoints") / name,
         resume=args.resume,

@@ -16,11 +16,13 @@ textbook `tanh(U x_t + W h_{t-1} + b)` with the bias split in two (b = b_ih + b_
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from training.regularisers import LayerwiseCore, embedding_dropout, locked_dropout
 
 Task = Literal["lm", "sensor"]
 Cell = Literal["rnn", "gru", "lstm"]
@@ -29,6 +31,7 @@ State = tuple[Tensor, ...]
 # Bounds on the predicted log-variance keep the Gaussian NLL finite early in training and on
 # wildly out-of-range readings; exp(-12) is far below any normalized sensor noise.
 LOG_VAR_MIN, LOG_VAR_MAX = -12.0, 12.0
+REGULARISERS = ("dropout_embedding", "dropout_input", "dropout_hidden", "dropout_output", "weight_drop")
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,19 @@ class ModelSpec:
     dense: int | None = None  # optional dense layer between the core and the head
     dropout: float = 0.0
     tied: bool = False  # lm only: the output layer shares the embedding's weights
+    # Training-only regularisers (see regularisers.py); the exported graph does not depend on them.
+    dropout_embedding: float = 0.0  # lm only: whole words dropped from the embedding
+    dropout_input: float = 0.0  # locked dropout on the core's input
+    dropout_hidden: float = 0.0  # locked dropout between stacked layers
+    dropout_output: float = 0.0  # locked dropout on the core's output
+    weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden matrices
 
     def __post_init__(self) -> None:
+        for name in ("dropout", *REGULARISERS):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), not {getattr(self, name)}")
+        if self.dropout_embedding and self.task != "lm":
+            raise ValueError("embedding dropout needs task lm (the sensor model has no embedding)")
         if self.task == "lm" and self.vocab_size < 2:
             raise ValueError("an lm model needs vocab_size >= 2")
         if self.tied:
@@ -60,6 +74,13 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    def without_regularisers(self) -> ModelSpec:
+        """The same network with no dropout of any kind: what eval mode and the export compute."""
+        return replace(
+            self, dropout=0.0, dropout_embedding=0.0, dropout_input=0.0, dropout_hidden=0.0,
+            dropout_output=0.0, weight_drop=0.0,
+        )  # fmt: skip
 
 
 def _core(spec: ModelSpec) -> nn.RNNBase:
@@ -78,6 +99,9 @@ class RecurrentNet(nn.Module):
         self.spec = spec
         self.embedding = nn.Embedding(spec.vocab_size, spec.input_size) if spec.task == "lm" else None
         self.core = _core(spec)
+        # Weight drop and locked dropout between layers need the layers one at a time (training only).
+        layerwise = spec.weight_drop > 0 or (spec.dropout_hidden > 0 and spec.layers > 1)
+        self.layerwise = LayerwiseCore(self.core) if layerwise else None
         self.drop = nn.Dropout(spec.dropout)
         head_in = spec.hidden
         self.dense: nn.Module | None = None
@@ -104,14 +128,24 @@ class RecurrentNet(nn.Module):
 
     def core_features(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """Recurrent core activations [B, T, H] (dropout applied), and the new state."""
-        inputs = self.drop(self.embedding(x)) if self.embedding is not None else x  # [B, T, E|F]
-        if self.spec.cell == "lstm":
+        spec, training = self.spec, self.training
+        inputs = x  # [B, T, F]
+        if self.embedding is not None:
+            inputs = self.drop(embedding_dropout(self.embedding, x, spec.dropout_embedding, training))
+        inputs = locked_dropout(inputs, spec.dropout_input, training)  # [B, T, E|F]
+        new_state: State
+        if training and self.layerwise is not None:
+            between = spec.dropout if spec.layers > 1 else 0.0
+            out, new_state = self.layerwise(
+                self.core, inputs, state, spec.dropout_hidden, between, spec.weight_drop
+            )
+        elif self.spec.cell == "lstm":
             out, (h, c) = self.core(inputs, (state[0], state[1]))
-            new_state: State = (h, c)
+            new_state = (h, c)
         else:
             out, h = self.core(inputs, state[0])
             new_state = (h,)
-        return self.drop(out), new_state  # [B, T, H]
+        return self.drop(locked_dropout(out, spec.dropout_output, training)), new_state  # [B, T, H]
 
     def predict(self, features: Tensor) -> tuple[Tensor, ...]:
         """Head on core features [..., H]: lm (log_probs [..., V],); sensor (mean, log_var) [..., F]."""

@@ -26,6 +26,7 @@ from training.config import TrainConfig
 from training.data.streams import Streams
 from training.distributed import DistContext, all_reduce_sum, any_rank, barrier, gather_digests, unwrap, wrap
 from training.model import RecurrentNet, State
+from training.schedule import WeightAverage, averaging_due, make_optimizer
 
 # (outputs of the model, targets, mask) -> (sum of the per-target losses, number of targets counted)
 LossFn = Callable[[tuple[Tensor, ...], Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -72,8 +73,12 @@ def train_epoch(
     ctx: DistContext,
     deadline: float | None = None,
     describe: Callable[[float], str] = lambda loss: f"{loss:.3f}",
+    after_step: Callable[[], None] | None = None,
 ) -> PhaseStats:
-    """One pass over `streams` ([B, L, ...]); `model` may be wrapped in DistributedDataParallel."""
+    """One pass over `streams` ([B, L, ...]); `model` may be wrapped in DistributedDataParallel.
+
+    `after_step` runs after every optimizer step (the weight average of NT-ASGD).
+    """
     net = unwrap(model)
     assert isinstance(net, RecurrentNet)
     model.train()
@@ -108,6 +113,8 @@ def train_epoch(
         if cfg.clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         optimizer.step()
+        if after_step is not None:
+            after_step()
         loss_sum += float(window_sum.detach())
         count += int(window_count)
         events += int(_events(m))
@@ -195,7 +202,8 @@ def fit(
     per_rank_valid = valid.batch // ctx.world_size
     train = train.select(ctx.rank * per_rank_train, per_rank_train)
     valid = valid.select(ctx.rank * per_rank_valid, per_rank_valid)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg)
+    average = WeightAverage(model)
     progress: dict[str, Any] = {
         "epoch": 0,
         "best_loss": math.inf,
@@ -211,6 +219,7 @@ def fit(
             optimizer.load_state_dict(ckpt.optimizer_state)
         progress = ckpt.progress
         torch.set_rng_state(progress.pop("rng"))
+        average.load_state_dict(progress.pop("average", None))
         _log(
             ctx,
             f"resumed from {last_path} after epoch {progress['epoch']} "
@@ -224,10 +233,13 @@ def fit(
     stopped = "epochs"
 
     def snapshot(with_optimizer: bool) -> checkpoint.Checkpoint:
-        extra = {"rng": torch.get_rng_state()} if with_optimizer else {}
+        # last.pt resumes training (the model being trained, and the average beside it); best.pt keeps
+        # what was validated (the average once averaging has started).
+        extra = {"rng": torch.get_rng_state(), "average": average.state_dict()} if with_optimizer else {}
+        kept = model if with_optimizer else average.current()
         return checkpoint.Checkpoint(
             spec=model.spec,
-            model_state={k: v.clone() for k, v in model.state_dict().items()},
+            model_state={k: v.clone() for k, v in kept.state_dict().items()},
             optimizer_state=optimizer.state_dict() if with_optimizer else None,
             progress={**progress, **extra},
             config=saved.get("config", {}),
@@ -236,8 +248,10 @@ def fit(
 
     while progress["epoch"] < cfg.epochs:
         epoch = progress["epoch"] + 1
-        tr = train_epoch(ddp, optimizer, train, loss_fn, cfg, ctx, deadline, describe)
-        va = evaluate(model, valid, cfg.bptt, loss_fn, ctx, eval_limit)
+        tr = train_epoch(ddp, optimizer, train, loss_fn, cfg, ctx, deadline, describe, average.update)
+        va = evaluate(average.current(), valid, cfg.bptt, loss_fn, ctx, eval_limit)
+        averaging = average.active
+        earlier = [h["valid_loss"] for h in progress["history"]]
         improved = va.loss < progress["best_loss"] - cfg.min_delta
         if improved:
             progress["best_loss"], progress["bad_epochs"] = va.loss, 0
@@ -258,8 +272,12 @@ def fit(
                 "train_events_per_s": tr.events / max(tr.seconds, 1e-9),
                 "seconds": tr.seconds + va.seconds,
                 "partial": tr.stopped_by_budget,
+                "averaged": averaging,
             }
         )
+        if not averaging and averaging_due(earlier, va.loss, cfg.nonmono):
+            average.start()  # from the next step on; the first update copies the weights
+            _log(ctx, f"validation stalled: averaging the weights from epoch {epoch + 1} on (NT-ASGD)")
         if ctx.is_main:
             checkpoint.save(last_path, snapshot(with_optimizer=True))
         _log(

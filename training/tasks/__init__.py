@@ -10,7 +10,7 @@ from typing import Any
 from training.data.errors import DataError
 from training.data.streams import Streams
 from training.export import TaskData
-from training.model import ModelSpec, RecurrentNet, Task
+from training.model import REGULARISERS, ModelSpec, RecurrentNet, Task
 from training.tbptt import LossFn
 
 
@@ -21,6 +21,7 @@ def model_spec(args: argparse.Namespace, task: Task, input_size: int, vocab_size
             task=task, cell=args.cell, input_size=input_size, hidden=args.hidden, layers=args.layers,
             vocab_size=vocab_size, dense=args.dense, dropout=args.dropout,
             tied=bool(getattr(args, "tied", False)),
+            **{name: getattr(args, name, 0.0) for name in REGULARISERS},
         )  # fmt: skip
     except ValueError as exc:
         raise DataError(str(exc)) from exc
