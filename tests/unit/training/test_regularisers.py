@@ -102,7 +102,7 @@ def test_weight_drop_is_dropconnect_on_the_recurrent_weights(cell: Cell) -> None
 
 @pytest.mark.parametrize("name", REGULARISERS)
 def test_each_regulariser_is_active_in_training_and_off_in_eval(name: str) -> None:
-    regularised = _model(_spec(**{name: 0.4}))
+    regularised = _model(_spec("lstm", **{name: 0.4}))
     plain = _model(_spec())
     plain.load_state_dict(regularised.state_dict())
     x, state = _x(), plain.init_state(3)
@@ -137,6 +137,6 @@ def test_all_regularisers_are_gone_at_export(tmp_path: Path, cell: Cell) -> None
 @pytest.mark.parametrize(("name", "value"), [("weight_drop", 1.0), ("dropout_input", -0.1)])
 def test_impossible_probabilities_are_refused(name: str, value: float) -> None:
     with pytest.raises(ValueError, match=name):
-        _spec(**{name: value})
+        _spec("lstm", **{name: value})
     with pytest.raises(ValueError, match="embedding"):
         ModelSpec(task="sensor", cell="gru", input_size=3, hidden=4, dropout_embedding=0.1)
