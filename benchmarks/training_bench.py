@@ -51,8 +51,9 @@ def run(cfg: SuiteConfig, art: Artifact) -> dict[str, Any]:
     try:
         from training.data.streams import Streams, batchify
         from training.distributed import DistContext
+        from training.options import LM_DEFAULTS as DEFAULTS
         from training.schedule import make_optimizer
-        from training.tasks.lm import DEFAULTS, lm_loss
+        from training.tasks.lm import lm_loss
         from training.tbptt import train_epoch
     except ImportError as exc:
         return {"skipped": f"the training job is not importable: {exc}"}
