@@ -151,3 +151,19 @@ def test_sensor_from_csv_with_and_without_labels(tmp_path: Path, labelled: bool)
         assert "valid_all_f1" in summary and "test_spike_recall" in manifest["training"]["metrics"]
     else:
         assert summary["method"].startswith("no labels")
+
+
+@pytest.mark.parametrize("recipe", ["small", "medium", "awd"])
+def test_each_recipe_trains_shrunk_and_exports_a_verified_artifact(
+    recipe: str, corpus_dir: Path, tmp_path: Path
+) -> None:
+    from training.recipes import RECIPES
+
+    argv = ["lm", "--recipe", recipe, "--data", str(corpus_dir), "--max-vocab", "12", "--hidden", "8",
+            "--layers", "2", "--lr", "0.5" if recipe == "awd" else "0.01", "--out", str(tmp_path / "m"),
+            "--checkpoint-dir", str(tmp_path / "c"), *TRAIN_ARGS]  # fmt: skip
+    assert main(argv) == 0  # write_artifact refuses an export that ORT or stepping does not reproduce
+    spec = checkpoint.load(tmp_path / "c" / checkpoint.BEST).spec
+    assert spec.weight_drop == RECIPES[recipe]["weight_drop"] and spec.hidden == 8
+    manifest = json.loads((tmp_path / "m" / "lm" / "1" / "manifest.json").read_text())
+    assert manifest["training"]["config"]["train"]["optimizer"] == RECIPES[recipe]["optimizer"]
