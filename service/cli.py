@@ -40,6 +40,7 @@ _DELEGATED: dict[str, tuple[str, list[str], tuple[str, ...], str]] = {
     "train": ("training", [], ("torch", "training"), "train"),
     "export": ("training", ["export"], ("torch", "training"), "train"),
     "bench": ("benchmarks", [], ("torch", "matplotlib", "benchmarks"), "bench"),
+    "eval": ("evaluation", [], ("tqdm", "evaluation"), "train"),
 }
 _MISSING = (
     "rnnserve {command}: this install lacks {missing}; install them with: "
@@ -110,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", help="train, export and verify a model: rnnserve train lm|sensor [options]")
     sub.add_parser("export", help="export a training checkpoint again: rnnserve export CHECKPOINT [options]")
     sub.add_parser("bench", help="the benchmark suite: rnnserve bench [--quick] [options]")
+    sub.add_parser(
+        "eval", help="score the served detector on NAB: rnnserve eval nab --data DIR --results DIR"
+    )
     return parser
 
 

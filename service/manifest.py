@@ -120,6 +120,9 @@ class SensorSpec(_Strict):
     mean: list[float]
     std: list[float]
     calibration: Calibration
+    # "fixed": readings are normalised by `mean`/`std`; "online": by each session's running mean and std
+    # of its own past readings (a fleet model that serves streams it never saw; service.anomaly).
+    normalization: Literal["fixed", "online"] = "fixed"
 
     @model_validator(mode="after")
     def _lengths_agree(self) -> SensorSpec:

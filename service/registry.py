@@ -30,6 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service import schemas
+from service.anomaly import aux_tensors, stats_floats
 from service.errors import ModelNotFound
 from service.manifest import ArtifactError, Manifest, TensorSpec, read_manifest, read_vocab, verify_files
 from service.settings import Settings
@@ -79,7 +80,15 @@ class LoadedModel:
 
     @property
     def state_count(self) -> int:
-        return len(self.manifest.onnx.states)
+        """Stored state tensors per session: the graph's, then `aux_states` (service.anomaly)."""
+        return len(self.manifest.onnx.states) + self.aux_states
+
+    @property
+    def aux_states(self) -> int:
+        """Extra [L, N, H] tensors holding a sensor session's statistics (never fed to the graph)."""
+        if self.manifest.sensor is None:
+            return 0
+        return aux_tensors(stats_floats(self.features), *self.manifest.state_shape)
 
     @property
     def state_names(self) -> tuple[list[str], list[str]]:

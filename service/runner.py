@@ -16,6 +16,12 @@ loop is left with slicing rows and building the response.
               -> one StepResult per job: APPLIED with the new seq, or CONFLICT / GONE (nothing written)
 
 A job that brings its own state (generate without commit) runs from it and writes nothing back.
+
+Session statistics (sensor, service.anomaly): a model's stored state is the graph's tensors followed by
+`aux_states` extra tensors of the same shape that hold per-session statistics. They are never fed to the
+graph: `stats.before` turns the readings into the model input (online normalisation), `stats.after`
+derives the answers from the graph's outputs (instead of `postprocess`), and both update the statistics,
+which are written back with the graph's new state, in the same check-and-set.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from service.anomaly import SessionStats, pack, unpack
 from service.batcher import Timed
 from service.errors import StoreUnavailable
 from service.registry import TASK_OUTPUTS, LoadedModel
@@ -77,10 +84,16 @@ Postprocess = Callable[[list[np.ndarray], np.ndarray, np.ndarray], list[np.ndarr
 
 class ModelRunner:
     def __init__(
-        self, model: LoadedModel, store: SessionStore, part: int, postprocess: Postprocess | None = None
+        self,
+        model: LoadedModel,
+        store: SessionStore,
+        part: int,
+        postprocess: Postprocess | None = None,
+        stats: SessionStats | None = None,
     ) -> None:
         self.model = model
         self.postprocess = postprocess
+        self.stats = stats if model.aux_states else None
         self.store = store
         self.part = part
         self.state_inputs, state_outputs = model.state_names
@@ -120,7 +133,13 @@ class ModelRunner:
         Runtime call alone; runs in the worker thread."""
         if not prepared.run:
             return Timed(([], []), 0.0)
-        feed = {"x": prepared.x, **dict(zip(self.state_inputs, prepared.state, strict=True))}
+        graph_state = prepared.state[: len(self.state_inputs)]
+        x = prepared.x
+        if self.stats is not None:
+            aux = prepared.state[len(self.state_inputs) :]
+            stats = unpack(aux, self.stats.floats)  # [B', K] float64
+            x, carry = self.stats.before(x, stats)
+        feed = {"x": x, **dict(zip(self.state_inputs, graph_state, strict=True))}
         started = time.perf_counter()
         output = self.model.run(feed, self.output_names)
         run_s = time.perf_counter() - started
@@ -135,8 +154,13 @@ class ModelRunner:
                 f"ONNX Runtime returned shapes {[a.shape for a in output]} for {batch} job(s)"
             )
         outs, new_state = output[:n_task], output[n_task:]
-        if self.postprocess is not None:
-            outs = self.postprocess(outs, prepared.x, prepared.params)
+        if self.stats is not None:
+            outs = self.stats.after(outs, x, stats, carry)
+            new_state = [*new_state, *pack(stats, aux)]
+        else:
+            new_state = [*new_state, *prepared.state[len(self.state_inputs) :]]  # kept as they were
+            if self.postprocess is not None:
+                outs = self.postprocess(outs, prepared.x, prepared.params)
         return Timed((outs, new_state), run_s)
 
     async def unbatch(

@@ -141,9 +141,30 @@ class LmOutput(BaseModel):
 
 
 class SensorOutput(BaseModel):
-    score: float | None
-    probability: float | None
-    is_anomaly: bool | None
+    """One reading's verdict; the first reading of a session (nothing predicted it) has nulls."""
+
+    score: float | None = Field(
+        description="raw score: Gaussian NLL of the reading under the model's prediction (model-dependent "
+        "scale; rank readings of one stream by it, not streams)"
+    )
+    probability: float | None = Field(
+        description="stream-comparable anomaly score in [0, 1): a / (a + 5) with a = -log10 of the tail "
+        "of `likelihood`; 0.5 means the recent surprise is a 1-in-100,000 event for this very stream. "
+        "Use one threshold for every stream"
+    )
+    is_anomaly: bool | None = Field(
+        description="probability >= 0.5 (likelihood >= 0.99999, Numenta's red alert)"
+    )
+    likelihood: float | None = Field(
+        default=None,
+        description="Numenta's anomaly likelihood: P(short-term average surprise is below its present "
+        "value) under the stream's own long-term distribution; 0.5 during the first 250 scored readings",
+    )
+    surprise: float | None = Field(
+        default=None,
+        description="squared standardised prediction error, mean over features, capped at 100 (~1 when "
+        "the reading is as predicted); the raw input of `likelihood`",
+    )
     predicted_mean: list[float]
     predicted_std: list[float]
     timestamp: float | str | None = None

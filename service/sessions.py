@@ -204,7 +204,9 @@ class SessionManager:
         s = self.settings
         predictor = make_predictor(model, s, self.metrics)
         batcher: Batcher[StepJob, StepResult] = Batcher(
-            ModelRunner(model, self.store, part, predictor.postprocess),
+            ModelRunner(
+                model, self.store, part, predictor.postprocess, getattr(predictor, "session_stats", None)
+            ),
             max_batch_size=s.max_batch_size,
             max_queue_delay_us=s.max_queue_delay_us,
             metrics=self.metrics,

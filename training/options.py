@@ -69,6 +69,8 @@ _SENSOR_OPTIONS: list[Option] = [
     ("--synthetic-events", int, 20, "anomalies per synthetic validation/test stream"),
     ("--synthetic-train-anomalies", int, 0, "anomalies of each type in the synthetic training weeks"),
     ("--plant-seed", int, 0, "seed of the synthetic plant"),
+    ("--fleet", int, 0, "train a one-feature fleet model (online normalization) on every sensor of this "
+     "many synthetic plants; 0: a model of the data's own features"),
 ]  # fmt: skip
 
 

@@ -1,12 +1,15 @@
 """Streaming anomaly scoring of multivariate sensor readings.
 
-    readings [T, F] -> normalized x = (r - mu) / sigma, float32 [T, F]
+    readings [T, F] -> normalized x = (r - mu) / sigma, float32 [T, F] (manifest normalization "fixed")
+                    -> raw readings float64 [T, F], normalised per session in the runner ("online")
     mean, log_var [T, F] (prediction for the reading after each event), mean_in, log_var_in [F] (prior)
 
 Reading t is scored against the prediction made one step before it: the prior for the first reading of
-a request, row t-1 otherwise; the score is the Gaussian NLL in normalized space summed over features
-(the manifest's Calibration formula), turned into a probability by the calibration. The very first
-reading of a session (seq 0) has nothing to be scored against: score, probability and is_anomaly null.
+a request, row t-1 otherwise; the raw score is the Gaussian NLL in normalized space summed over features
+(the manifest's Calibration formula). The served probability is not the manifest's logistic of that
+score but the anomaly likelihood of the session's own recent surprises (service.anomaly), so that one
+threshold means the same on every stream. The very first reading of a session (seq 0) has nothing to be
+scored against: its score, probability, is_anomaly, likelihood and surprise are null.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from service import schemas
+from service.anomaly import SessionStats
 from service.errors import InvalidInput
 from service.metrics import Metrics
 from service.predictors.base import Decoded, check_event_count, fingerprint, validate
@@ -73,6 +77,8 @@ class SensorPredictor:
         self.mu = np.asarray(spec.mean, np.float64)  # [F]
         self.sigma = np.asarray(spec.std, np.float64)  # [F]
         self.calibration = spec.calibration
+        self.online = spec.normalization == "online"
+        self.session_stats = SessionStats(len(self.features), self.online, self.mu, self.sigma)
         self.settings = settings
         self.anomaly_counter = metrics.anomalies.labels(model.name, model.version) if metrics else None
 
@@ -96,7 +102,8 @@ class SensorPredictor:
         raw = np.asarray(readings, np.float64).reshape(len(readings), width)  # [T, F]
         if raw.size and not np.abs(raw).max() < 1e30:  # NaN compares False: take the careful path
             self._refuse_non_finite(raw)
-        x = ((raw - self.mu) / self.sigma).astype(np.float32)
+        # online: the runner normalises with the session's running moments (service.anomaly)
+        x = raw if self.online else ((raw - self.mu) / self.sigma).astype(np.float32)
         fp = 0
         if seq is not None:
             fp = fingerprint(raw.tobytes(), repr(timestamps).encode())
@@ -105,7 +112,7 @@ class SensorPredictor:
     def _refuse_non_finite(self, raw: np.ndarray) -> None:
         """InvalidInput naming the first reading that is not finite once normalized to float32."""
         with np.errstate(over="ignore", invalid="ignore"):
-            bad = ~np.isfinite(((raw - self.mu) / self.sigma).astype(np.float32))
+            bad = ~np.isfinite(raw if self.online else ((raw - self.mu) / self.sigma).astype(np.float32))
         if not bad.any():
             return
         i, f = (int(v) for v in np.argwhere(bad)[0])
@@ -116,26 +123,18 @@ class SensorPredictor:
         )
 
     def postprocess(self, outputs: list[np.ndarray], x: np.ndarray, params: np.ndarray) -> list[np.ndarray]:
-        """[predicted mean [B, T, F], predicted std [B, T, F], score [B, T], probability [B, T]].
-
-        Reading t is scored against the prediction made one step before it (the prior for t = 0).
-        """
-        mean, log_var, mean_in, log_var_in = (a.astype(np.float64) for a in outputs)  # [B, T, F], [B, F]
-        prev_mean = np.concatenate([mean_in[:, None], mean[:, :-1]], axis=1)
-        prev_lv = np.concatenate([log_var_in[:, None], log_var[:, :-1]], axis=1)
-        score = 0.5 * np.sum(_LOG_2PI + prev_lv + (x - prev_mean) ** 2 / np.exp(prev_lv), axis=2)
-        # the calibration's logistic, vectorized and written so that exp never overflows
-        z = (score - self.calibration.center) / self.calibration.scale
-        e = np.exp(-np.abs(z))
-        probability = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-        return [mean * self.sigma + self.mu, np.exp(0.5 * log_var) * self.sigma, score, probability]
+        """Unused: a sensor model's runner derives its answers with `session_stats.after`, which needs the
+        session statistics that this hook does not see."""
+        return outputs
 
     def encode(self, decoded: Decoded, result: StepResult, seq_before: int) -> list[dict[str, Any]]:
         ctx: SensorContext = decoded.context
-        predicted_mean, predicted_std, score, probability = (a.tolist() for a in result.outputs)
+        predicted_mean, predicted_std, score, probability, likelihood, surprise = (
+            a.tolist() for a in result.outputs
+        )
         flagged: list[bool | None] = [p >= 0.5 for p in probability]
         if seq_before == 0:  # nothing was predicted before a session's first reading
-            score[0] = probability[0] = flagged[0] = None
+            score[0] = probability[0] = flagged[0] = likelihood[0] = surprise[0] = None
         if self.anomaly_counter is not None and any(flagged):
             self.anomaly_counter.inc(sum(1 for f in flagged if f))
         stamps: list[float | str | None] = (
@@ -146,11 +145,21 @@ class SensorPredictor:
                 "score": s,
                 "probability": p,
                 "is_anomaly": f,
+                "likelihood": lk,
+                "surprise": su,
                 "predicted_mean": m,
                 "predicted_std": sd,
                 "timestamp": ts,
             }
-            for s, p, f, m, sd, ts in zip(
-                score, probability, flagged, predicted_mean, predicted_std, stamps, strict=True
+            for s, p, f, lk, su, m, sd, ts in zip(
+                score,
+                probability,
+                flagged,
+                likelihood,
+                surprise,
+                predicted_mean,
+                predicted_std,
+                stamps,
+                strict=True,
             )
         ]

@@ -5,8 +5,10 @@
     2024-01-01T00:10:00,,1002.3,0          <- an empty cell is a missing reading (carried forward)
     2024-01-01T00:20:00,35.0,1002.2,spike  <- labels: empty/0 normal, 1 "anomaly", or a type name
 
-Timestamps are ISO 8601 or numbers (seconds), strictly increasing. Anything else (a non-numeric or
-non-finite value, a short row, a column with no reading at all) is refused with the line and column.
+Timestamps are ISO 8601 or numbers (seconds). The row order is the time order: repeated or backward
+timestamps (a daylight-saving change, a clock reset) are kept where they are, with a warning. A missing
+reading is an empty cell or one of NaN, NA, N/A, null, None. Anything else (a non-numeric or infinite
+value, a short row, a column with no reading at all) is refused with the line and column.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ from training.data.errors import DataError
 from training.data.synthetic import AnomalyEvent, SensorSeries
 
 _NORMAL_LABELS = {"", "0", "false", "normal"}
+_MISSING = {"", "nan", "na", "n/a", "null", "none"}
 
 
 def _timestamp(text: str, where: str) -> float:
@@ -39,7 +43,7 @@ def _timestamp(text: str, where: str) -> float:
 
 
 def _value(text: str, where: str) -> float:
-    if not text.strip():
+    if text.strip().lower() in _MISSING:
         return math.nan  # a missing reading
     try:
         value = float(text)
@@ -106,9 +110,15 @@ def read_sensor_csv(
     if empty:
         raise DataError(f"{path}: column(s) {', '.join(empty)} hold no reading at all")
     times = np.asarray(stamps)
-    if np.any(np.diff(times) <= 0):
-        bad = int(np.argmax(np.diff(times) <= 0)) + 3
-        raise DataError(f"{path}:{bad}: timestamps must be strictly increasing")
+    steps = np.diff(times)
+    if np.any(steps <= 0):
+        first = int(np.argmax(steps <= 0)) + 3
+        print(
+            f"warning: {path}:{first}: {int(np.sum(steps == 0))} repeated and {int(np.sum(steps < 0))} "
+            "backward timestamp(s); the row order is taken as the time order",
+            file=sys.stderr,
+            flush=True,
+        )
     names = sorted({t if t != "1" else "anomaly" for t in label_texts} - _NORMAL_LABELS)
     labels = np.array(
         [0 if t in _NORMAL_LABELS else 1 + names.index("anomaly" if t == "1" else t) for t in label_texts],

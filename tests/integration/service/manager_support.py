@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service import schemas
+from service import anomaly, schemas
 from service.manifest import read_manifest
 from service.metrics import Metrics
 from service.sessions import SessionManager
@@ -97,14 +97,30 @@ def body(task: str, events: list[Any], seq: int | None = None, **extra: Any) -> 
     return {**payload, **extra}
 
 
-def state_of(snapshot_state: str, reference: Reference) -> np.ndarray:
-    """The [S, L, H] state of an exported Snapshot's base64 field."""
+def stored_tensors(snapshot_state: str, reference: Reference) -> np.ndarray:
+    """Every stored [L, H] tensor of an exported Snapshot's base64 field: the graph's, then a sensor
+    session's statistics (service.anomaly)."""
     import base64
 
     layers, hidden = reference.manifest.state_shape
-    return np.frombuffer(base64.b64decode(snapshot_state), "<f4").reshape(
-        len(reference.states), layers, hidden
+    return np.frombuffer(base64.b64decode(snapshot_state), "<f4").reshape(-1, layers, hidden)
+
+
+def state_of(snapshot_state: str, reference: Reference) -> np.ndarray:
+    """The graph's [S, L, H] state of an exported Snapshot's base64 field."""
+    return stored_tensors(snapshot_state, reference)[: len(reference.states)]
+
+
+def stats_of(snapshot_state: str, reference: Reference) -> np.ndarray:
+    """A sensor session's statistics vector [K] from an exported Snapshot's base64 field."""
+    from service.anomaly import stats_floats, unpack
+
+    aux = stored_tensors(snapshot_state, reference)[len(reference.states) :]
+    stats: np.ndarray = unpack(
+        [t[:, None] for t in aux], stats_floats(reference.manifest.architecture.input_size)
     )
+    first: np.ndarray = stats[0]
+    return first
 
 
 @asynccontextmanager
@@ -169,6 +185,8 @@ def check_outputs(ref: Reference, events: list[Any], outputs: list[Any], fresh: 
         m, lv = mean[t - 1].astype(np.float64), log_var[t - 1].astype(np.float64)
         score = 0.5 * float(np.sum(math.log(2 * math.pi) + lv + (x[t] - m) ** 2 / np.exp(lv)))
         assert out.score == pytest.approx(score, abs=1e-4)
-        assert out.probability == pytest.approx(spec.calibration.probability(score), abs=1e-5)
-        assert out.probability is not None
+        surprise = float(np.mean(np.minimum((x[t] - m) ** 2 / np.exp(lv), anomaly.CAP)))
+        assert out.surprise == pytest.approx(surprise, rel=1e-4, abs=1e-6)
+        assert out.likelihood == 0.5  # these streams are shorter than the likelihood's warmup
+        assert out.probability is not None and 0 < out.probability < 0.5
         assert out.is_anomaly == (out.probability >= 0.5)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from manager_support import ALL_MODELS, Reference, body, running, state_of
+from manager_support import ALL_MODELS, Reference, body, running, state_of, stats_of
 
 from service import schemas
 from service.errors import SequenceConflict
@@ -66,7 +66,15 @@ async def test_random_retries_leave_the_state_bit_identical(
                 await manager.step(sid, None, other)
             conflicts += 1
         assert (await manager.get(sid, None)).seq == count
-        got = state_of((await manager.export_state(sid, None)).state, ref)
+        exported = (await manager.export_state(sid, None)).state
+        got = state_of(exported, ref)
+        if ref.task == "sensor":  # the session statistics too: the same as one clean pass
+            clean = (await manager.create(schemas.CreateSession(model=name), None)).session_id
+            for events in applied:
+                await manager.step(clean, None, body(ref.task, events))
+            want_stats = stats_of((await manager.export_state(clean, None)).state, ref)
+            assert np.array_equal(stats_of(exported, ref), want_stats)
+            assert want_stats[0] == count
     want = np.stack([s[:, 0] for s in ref.run_chunks(applied)])
     assert np.array_equal(got, want)  # bit for bit: same chunking, B = 1 on both sides
     get = metrics.registry.get_sample_value

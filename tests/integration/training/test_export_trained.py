@@ -15,7 +15,7 @@ from training.distributed import DistContext
 from training.export import ExportMismatch, export_onnx, verify_export
 from training.model import Cell, ModelSpec, RecurrentNet, Task
 from training.tasks.lm import lm_loss, token_streams
-from training.tasks.sensor import pairs, sensor_loss
+from training.tasks.sensor import fixed, pairs, sensor_loss
 from training.tbptt import fit
 
 pytestmark = pytest.mark.integration
@@ -34,7 +34,7 @@ def _train(spec: ModelSpec, tmp_path: Path) -> RecurrentNet:
     else:
         series = generate(WEEK, seed=1, per_kind=0)
         mean, std = np.nanmean(series.values[:500], 0), np.nanstd(series.values[:500], 0)
-        x, y, m = pairs(series, mean, std)
+        x, y, m = pairs(series, fixed(mean, std))
         train, valid, loss = (
             batchify(x[:600], y[:600], m[:600], 4),
             batchify(x[600:], y[600:], m[600:], 2),

@@ -17,7 +17,7 @@ from bare_artifact import open_bare, zero_states
 from training import checkpoint
 from training.cli import main
 from training.data.synthetic import ANOMALY_TYPES, WEEK, generate
-from training.tasks.sensor import score
+from training.tasks.sensor import fixed, score
 
 pytestmark = pytest.mark.integration
 TRAIN_ARGS = ["--epochs", "2", "--batch-size", "4", "--bptt", "8", "--threads", "1", "--no-progress"]
@@ -95,9 +95,9 @@ def test_sensor_artifact_scores_like_training_and_holds_the_calibration(tmp_path
     # the manifest's formula under the prediction made one step earlier.
     series = generate(WEEK, seed=200, offset=3 * WEEK, kinds=("spike",), per_kind=2, missing_rate=0.0)
     mean, std = np.array(sensor["mean"]), np.array(sensor["std"])
-    expected = score(checkpoint.load(tmp_path / "ckpt" / "best.pt").build_model(), [series], mean, std)[
-        0
-    ].scores
+    expected = score(
+        checkpoint.load(tmp_path / "ckpt" / "best.pt").build_model(), [series], fixed(mean, std)
+    )[0].scores
     state = zero_states(manifest, 1)
     names = [o.name for o in session.get_outputs()]
     prediction, got = None, []
@@ -167,3 +167,31 @@ def test_each_recipe_trains_shrunk_and_exports_a_verified_artifact(
     assert spec.weight_drop == RECIPES[recipe]["weight_drop"] and spec.hidden == 8
     manifest = json.loads((tmp_path / "m" / "lm" / "1" / "manifest.json").read_text())
     assert manifest["training"]["config"]["train"]["optimizer"] == RECIPES[recipe]["optimizer"]
+
+
+def test_sensor_trains_on_a_short_real_world_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """300 rows, a constant column, a repeated and a backward timestamp, missing cells, no test split."""
+    rng = np.random.default_rng(4)
+    lines = ["timestamp,value,status"]
+    for i in range(300):
+        stamp = f"2024-03-31 {i // 60:02d}:{i % 60:02d}:00"
+        if i in (100, 101):
+            stamp = "2024-03-31 01:40:00"  # a repeated hour at a clock change
+        if i == 200:
+            stamp = "2024-03-31 02:00:00"  # a clock going back
+        value = (
+            "" if i % 37 == 5 else ("NaN" if i == 150 else f"{10 + np.sin(i / 8) + rng.normal(0, 0.1):.4f}")
+        )
+        lines.append(f"{stamp},{value},1")
+    csv_path = tmp_path / "real.csv"
+    csv_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    argv = ["sensor", "--csv", str(csv_path), "--test-fraction", "0", "--hidden", "8",
+            "--out", str(tmp_path / "models"), "--checkpoint-dir", str(tmp_path / "ckpt"),
+            *TRAIN_ARGS]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "repeated and 1 backward" in err and "status (nearly) constant" in err
+    manifest, _ = open_bare(tmp_path / "models" / "sensor" / "1")
+    assert manifest["sensor"]["features"] == ["value", "status"]
+    assert manifest["sensor"]["std"][1] == pytest.approx(1e-3)  # floored at 0.1% of the level 1.0
+    assert not any(k.startswith("test_") for k in manifest["training"]["metrics"])

@@ -1,0 +1,1 @@
+"""Benchmarks of the served detectors on public data sets: NAB (runner and our own scorer)."""

@@ -1,0 +1,223 @@
+"""Per-session sensor statistics: online normalisation and the anomaly likelihood of the stream's scores.
+
+Why: a model's raw score (NLL of a reading under its prediction) depends on the stream's noise and on how
+well the model fits it, so no single threshold works across streams, and a logistic fitted per model
+saturates. Numenta's anomaly likelihood (Ahmad et al. 2017, used by HTM on NAB) judges a score against the
+distribution of the same stream's recent scores instead: a short-term average of the raw scores is
+compared with the long-term mean and variance of that average, and the Gaussian tail says how unusual the
+present is for this stream. Differences from nupic's `AnomalyLikelihood`, each to keep the state small:
+
+- the long-term mean/variance are running moments (exact averages over the first MEMORY values, then
+  exponentially weighted with weight 1/MEMORY) instead of moments re-estimated over a window of 8640 kept
+  scores; the short-term average is over the last WINDOW scores, kept in a ring;
+- the long-term moments take the short-term average winsorised at mean + TAME std, so that an anomaly
+  does not widen the distribution it is judged against before it is flagged;
+- the raw score is the standardised squared prediction error z^2 (mean over features, capped at CAP)
+  rather than HTM's fraction of unpredicted columns: a reading the model predicted well scores ~1.
+
+Online normalisation (fleet models, manifest `normalization: "online"`): reading t enters the model as
+`(r_t - m_{t-1}) / s_{t-1}`, with m, s the running mean and std of readings 0..t-1 (same running-moment
+rule, each reading winsorised at +-CLIP s, floor on s), clipped to +-CLIP: the model sees each stream
+on its own scale, learnt only from the
+stream's past. Fixed normalisation uses the manifest's mean/std, as before.
+
+Everything a session needs lives in one float32 vector per session (`StatsLayout`), which the runner
+stores as extra state tensors beside the graph's own [L, N, H] tensors (`pack`/`unpack`), so snapshots,
+restores, the SIGTERM file, the Redis store and exactly-once replays carry it with no extra code.
+
+    index  0          n: readings seen
+           1 .. F     running mean of each feature (online normalisation)
+           F+1 .. 2F  running variance of each feature
+           2F+1       m: scored readings
+           2F+2, +3   long-term mean and variance of the short-term average
+           2F+4 ..    ring of the last WINDOW raw scores (slot m % WINDOW)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+WINDOW = 10  # short-term average of raw scores (nupic's averagingWindow)
+MEMORY = 8640  # running moments: exact means up to this many values, then weight 1/MEMORY (nupic's window)
+WARMUP = 250  # scored readings before the likelihood leaves 0.5 (below NAB's smallest probation)
+LEARN = 125  # scored readings left out of the long-term moments (nupic's learningPeriod)
+CAP = 100.0  # cap on a feature's z^2 (10 std): one wild reading must not blow up the long-term variance
+VAR_FLOOR = (
+    0.01  # floor on the variance of the short-term average (z^2 units; nupic floors at 3e-4 of [0, 1])
+)
+CLIP = 10.0  # online-normalised model inputs are clipped to +-CLIP
+SCALE_FLOOR = 1e-3  # relative floor on a feature's running std: a constant stream still has a scale
+TAME = 4.0  # long-term moments take the short-term average clipped to mean + TAME std (after warmup)
+RED = 5.0  # -log10 of the tail at which probability = 0.5 (nupic's red alert: likelihood 0.99999)
+_LOG10 = math.log(10.0)
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def stats_floats(features: int) -> int:
+    """float values of one session's statistics for a model of `features` features (layout above)."""
+    return 2 * features + 4 + WINDOW
+
+
+def aux_tensors(floats: int, layers: int, hidden: int) -> int:
+    """How many extra [L, N, H] state tensors hold `floats` values per session."""
+    return -(-floats // (layers * hidden))
+
+
+def unpack(aux: list[np.ndarray], floats: int) -> np.ndarray:
+    """Extra state tensors [L, B, H] -> the sessions' stats [B, floats] float64."""
+    flat = np.concatenate([t.transpose(1, 0, 2).reshape(t.shape[1], -1) for t in aux], axis=1)
+    return flat[:, :floats].astype(np.float64)
+
+
+def pack(stats: np.ndarray, like: list[np.ndarray]) -> list[np.ndarray]:
+    """The sessions' stats [B, K] -> float32 tensors shaped like `like` ([L, B, H] each), zero padded."""
+    b, k = stats.shape
+    layers, _, hidden = like[0].shape
+    per = layers * hidden
+    flat = np.zeros((b, len(like) * per), np.float32)
+    flat[:, :k] = stats
+    return [
+        np.ascontiguousarray(flat[:, i * per : (i + 1) * per].reshape(b, layers, hidden).transpose(1, 0, 2))
+        for i in range(len(like))
+    ]
+
+
+def update_moments(mean: np.ndarray, var: np.ndarray, count: np.ndarray, value: np.ndarray) -> None:
+    """Running moments, in place: exact mean and (population) variance of the first MEMORY values, then
+    exponentially weighted with weight 1/MEMORY. `count`: values already in, broadcastable to `mean`."""
+    w = 1.0 / np.minimum(count + 1.0, MEMORY)
+    delta = value - mean
+    mean += w * delta
+    var *= 1.0 - w
+    var += (1.0 - w) * w * delta * delta
+
+
+_ERFC = np.vectorize(math.erfc, otypes=[np.float64])
+
+
+def log10_tail(z: np.ndarray) -> np.ndarray:
+    """log10 P(Z >= z) for a standard normal Z, without underflow for large z."""
+    z = np.asarray(z, np.float64)
+    out = np.empty_like(z)
+    small = z < 8.0
+    out[small] = np.log10(0.5 * _ERFC(z[small] / math.sqrt(2.0)))
+    big = z[~small]  # Mills ratio: Q(z) ~ phi(z) / z * (1 - 1/z^2), within 0.1% from z = 8
+    out[~small] = (
+        -0.5 * big * big - np.log(big * math.sqrt(2 * math.pi)) + np.log1p(-1.0 / (big * big))
+    ) / _LOG10
+    return out
+
+
+def probability_from_tail(log10_q: np.ndarray) -> np.ndarray:
+    """a / (a + RED) with a = -log10(tail): 0.5 at nupic's red threshold, never exactly 1."""
+    a: np.ndarray = np.maximum(-log10_q, 0.0)
+    return a / (a + RED)
+
+
+@dataclass(slots=True)
+class Carry:
+    """What `before` hands `after` for one batch."""
+
+    seen: np.ndarray  # [B] readings each session had seen before this request
+    centre: np.ndarray  # [B, T+1, F] what reading t was centred by (t = T: the next one)
+    scale: np.ndarray  # [B, T+1, F]
+
+
+class SessionStats:
+    """The runner's hooks for a sensor model's per-session statistics (see the module docs); `stats` is
+    [B, floats] float64, updated in place."""
+
+    def __init__(self, features: int, online: bool, mean: np.ndarray, std: np.ndarray) -> None:
+        self.features = features
+        self.floats = stats_floats(features)
+        self.online = online
+        self.mu = np.asarray(mean, np.float64)  # [F] fixed normalisation
+        self.sigma = np.asarray(std, np.float64)
+
+    def before(self, readings: np.ndarray, stats: np.ndarray) -> tuple[np.ndarray, Carry]:
+        """Readings [B, T, F] (raw if online, normalised by the manifest otherwise) -> model input x
+        [B, T, F] float32; counts the readings and, online, updates the running moments."""
+        b, steps, f = readings.shape
+        seen = stats[:, 0].copy()
+        stats[:, 0] += steps
+        if not self.online:
+            centre = np.broadcast_to(self.mu, (b, steps + 1, f))
+            return readings.astype(np.float32), Carry(seen, centre, np.broadcast_to(self.sigma, centre.shape))
+        mean, var = stats[:, 1 : 1 + f], stats[:, 1 + f : 1 + 2 * f]
+        centre, scale = np.empty((b, steps + 1, f)), np.empty((b, steps + 1, f))
+        n = seen[:, None]  # [B, 1]
+        for t in range(steps):
+            first = seen + t == 0
+            mean[first] = readings[first, t]  # nothing seen: the first reading is its own centre
+            centre[:, t], scale[:, t] = mean, self._scale(mean, var)
+            # the reading as the model sees it (clipped to +-CLIP scales) enters the moments
+            tamed = np.clip(readings[:, t], mean - CLIP * scale[:, t], mean + CLIP * scale[:, t])
+            update_moments(mean, var, n + t, np.where(first[:, None], readings[:, t], tamed))
+        centre[:, steps], scale[:, steps] = mean, self._scale(mean, var)
+        x = np.clip((readings - centre[:, :steps]) / scale[:, :steps], -CLIP, CLIP)
+        stats[:, 1 : 1 + f], stats[:, 1 + f : 1 + 2 * f] = mean, var
+        return x.astype(np.float32), Carry(seen, centre, scale)
+
+    @staticmethod
+    def _scale(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+        scale: np.ndarray = np.maximum(np.sqrt(np.maximum(var, 0.0)), SCALE_FLOOR * np.abs(mean) + 1e-9)
+        return scale
+
+    def after(
+        self, outputs: list[np.ndarray], x: np.ndarray, stats: np.ndarray, carry: Carry
+    ) -> list[np.ndarray]:
+        """Graph outputs (mean, log_var [B, T, F], mean_in, log_var_in [B, F]; model space) and the model
+        input x -> [predicted mean [B, T, F], predicted std [B, T, F], score, probability, likelihood,
+        surprise [B, T]] in reading units; NaN where a reading had no prediction (a session's first)."""
+        mean, log_var, mean_in, log_var_in = (a.astype(np.float64) for a in outputs)
+        prev_mean = np.concatenate([mean_in[:, None], mean[:, :-1]], axis=1)  # [B, T, F]
+        prev_lv = np.concatenate([log_var_in[:, None], log_var[:, :-1]], axis=1)
+        z2 = (x - prev_mean) ** 2 / np.exp(prev_lv)
+        score = 0.5 * np.sum(_LOG_2PI + prev_lv + z2, axis=2)  # [B, T] Gaussian NLL, as the manifest says
+        surprise = np.minimum(z2, CAP).mean(axis=2)
+        likelihood, probability = self._likelihood(surprise, stats, carry.seen)
+        none = (carry.seen[:, None] + np.arange(x.shape[1])) == 0
+        for a in (score, surprise):
+            a[none] = np.nan
+        centre, scale = carry.centre[:, 1:], carry.scale[:, 1:]
+        return [
+            mean * scale + centre,
+            np.exp(0.5 * log_var) * scale,
+            score,
+            probability,
+            likelihood,
+            surprise,
+        ]
+
+    def _likelihood(
+        self, surprise: np.ndarray, stats: np.ndarray, seen: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        b, steps = surprise.shape
+        k = 2 * self.features + 1
+        m = stats[:, k]  # views: updated in place
+        long_mean, long_var = stats[:, k + 1], stats[:, k + 2]
+        ring = stats[:, k + 3 : k + 3 + WINDOW]
+        rows = np.arange(b)
+        log10_q = np.full((b, steps), math.log10(0.5))
+        for t in range(steps):
+            live = seen + t > 0  # the first reading of a session has no prediction to be scored against
+            slot = (m % WINDOW).astype(np.intp)
+            ring[rows[live], slot[live]] = surprise[live, t]
+            average = ring.sum(axis=1) / np.clip(m + 1, 1, WINDOW)
+            ready = live & (m >= WARMUP)
+            if ready.any():
+                z = (average[ready] - long_mean[ready]) / np.sqrt(np.maximum(long_var[ready], VAR_FLOOR))
+                log10_q[ready, t] = log10_tail(z)
+            learn = live & (m >= LEARN)  # the model's first surprises (it is settling in) are left out
+            lm, lv = long_mean[learn], long_var[learn]
+            # winsorised update after the warmup: an anomaly must not widen the very distribution it is
+            # judged against before it has been seen as one; a lasting change is still absorbed, slowly
+            bound = np.where(m[learn] >= WARMUP, lm + TAME * np.sqrt(np.maximum(lv, VAR_FLOOR)), np.inf)
+            update_moments(lm, lv, m[learn] - LEARN, np.minimum(average[learn], bound))
+            long_mean[learn], long_var[learn] = lm, lv
+            m[live] += 1
+            log10_q[~live, t] = np.nan
+        return 1.0 - 10.0**log10_q, probability_from_tail(log10_q)

@@ -1,0 +1,156 @@
+"""Per-session sensor statistics (service.anomaly) against a plain one-reading-at-a-time reference."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+
+from service import anomaly
+from service.anomaly import SessionStats, pack, unpack
+
+pytestmark = pytest.mark.unit
+
+
+class Reference:
+    """The module docs' rules, written out for one stream and one reading at a time."""
+
+    def __init__(self, features: int) -> None:
+        self.n = 0
+        self.mean = [0.0] * features
+        self.var = [0.0] * features
+        self.m = 0
+        self.long_mean = self.long_var = 0.0
+        self.ring: deque[float] = deque(maxlen=anomaly.WINDOW)
+
+    @staticmethod
+    def _moments(mean: float, var: float, count: int, value: float) -> tuple[float, float]:
+        w = 1.0 / min(count + 1, anomaly.MEMORY)
+        d = value - mean
+        return mean + w * d, (1 - w) * (var + w * d * d)
+
+    def normalise(self, reading: list[float]) -> list[float]:
+        if self.n == 0:
+            self.mean = list(reading)
+        out = []
+        for f, r in enumerate(reading):
+            scale = max(math.sqrt(self.var[f]), anomaly.SCALE_FLOOR * abs(self.mean[f]) + 1e-9)
+            x = min(max((r - self.mean[f]) / scale, -anomaly.CLIP), anomaly.CLIP)
+            out.append(x)
+            tamed = r if self.n == 0 else self.mean[f] + x * scale
+            self.mean[f], self.var[f] = self._moments(self.mean[f], self.var[f], self.n, tamed)
+        self.n += 1
+        return out
+
+    def likelihood(self, surprise: float) -> float:
+        self.ring.append(surprise)
+        average = sum(self.ring) / len(self.ring)
+        if self.m >= anomaly.WARMUP:
+            z = (average - self.long_mean) / math.sqrt(max(self.long_var, anomaly.VAR_FLOOR))
+            result = NormalDist().cdf(z)
+            average = min(
+                average, self.long_mean + anomaly.TAME * math.sqrt(max(self.long_var, anomaly.VAR_FLOOR))
+            )
+        else:
+            result = 0.5
+        if self.m >= anomaly.LEARN:
+            self.long_mean, self.long_var = self._moments(
+                self.long_mean, self.long_var, self.m - anomaly.LEARN, average
+            )
+        self.m += 1
+        return result
+
+
+def run_chunks(
+    hooks: SessionStats, readings: np.ndarray, preds: np.ndarray, cuts: list[int]
+) -> dict[str, np.ndarray]:
+    """Feed one stream [N, F] in requests split at `cuts`, the statistics packed into float32 state
+    tensors between requests as the store keeps them; `preds` [N, F] is the model's prediction (model
+    space, unit variance) for each next reading."""
+    like = [np.zeros((1, 1, 8), np.float32) for _ in range(anomaly.aux_tensors(hooks.floats, 1, 8))]
+    state = like
+    parts: dict[str, list[np.ndarray]] = {"x": [], "likelihood": [], "surprise": [], "mean": []}
+    bounds = [0, *cuts, len(readings)]
+    for a, b in itertools.pairwise(bounds):
+        stats = unpack(state, hooks.floats)
+        x, carry = hooks.before(readings[None, a:b], stats)
+        prior = preds[a - 1] if a else np.zeros(readings.shape[1])
+        zeros = np.zeros_like(preds[a:b])
+        out = hooks.after([preds[None, a:b], zeros[None], prior[None], zeros[:1]], x, stats, carry)
+        state = pack(stats, like)
+        parts["x"].append(x[0])
+        parts["mean"].append(out[0][0])
+        parts["likelihood"].append(out[4][0])
+        parts["surprise"].append(out[5][0])
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def test_online_statistics_match_the_reference_and_do_not_depend_on_request_sizes() -> None:
+    rng = np.random.default_rng(3)
+    n = anomaly.WARMUP + 120
+    readings = np.stack([1000 + 5 * rng.standard_normal(n), rng.standard_normal(n) * 0.01], axis=1)
+    readings[n - 40 :, 0] += 60  # a level shift late in the stream
+    preds = rng.standard_normal((n, 2)) * 0.1
+    hooks = SessionStats(2, online=True, mean=np.zeros(2), std=np.ones(2))
+    whole = run_chunks(hooks, readings, preds, [])
+    chunked = run_chunks(hooks, readings, preds, [1, 2, 7, 100, anomaly.WARMUP + 3, n - 41])
+    ref = Reference(2)
+    want_x, want_lk = [], []
+    for t in range(n):
+        x = ref.normalise(readings[t].tolist())
+        want_x.append(x)
+        if t:
+            z2 = [min((x[f] - preds[t - 1, f]) ** 2, anomaly.CAP) for f in range(2)]
+            want_lk.append(ref.likelihood(sum(z2) / 2))
+    # the model input is float32; statistics are float32 between requests
+    np.testing.assert_allclose(whole["x"], want_x, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(chunked["x"], want_x, rtol=1e-4, atol=1e-4)
+    assert math.isnan(whole["likelihood"][0]) and math.isnan(chunked["surprise"][0])
+    np.testing.assert_allclose(whole["likelihood"][1:], want_lk, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(chunked["likelihood"][1:], want_lk, rtol=1e-3, atol=1e-6)
+    assert max(want_lk[: anomaly.WARMUP]) == min(want_lk[: anomaly.WARMUP]) == 0.5
+    assert max(want_lk[n - 40 :]) > 0.99999  # the level shift stands out of its own stream's history
+    # predicted readings come back in reading units: the centre and scale the next reading will get
+    assert abs(whole["mean"][n - 50, 0] - readings[: n - 49, 0].mean()) < 1.0
+
+
+def test_probability_is_comparable_across_scales_and_never_saturates() -> None:
+    rng = np.random.default_rng(5)
+    noise = rng.standard_normal(anomaly.WARMUP + 60)
+    results = []
+    for scale, offset in ((1.0, 5.0), (1e-3, 5e-3), (1e4, 5e4)):  # the same stream in other units
+        hooks = SessionStats(1, online=True, mean=np.zeros(1), std=np.ones(1))
+        readings = (offset + scale * noise)[:, None]
+        readings[-30] += 40 * scale  # the same spike, in that stream's units
+        stats = np.zeros((1, hooks.floats))
+        x, carry = hooks.before(readings[None], stats)
+        preds = np.zeros((1, len(noise), 1))
+        out = hooks.after([preds, preds, preds[:, 0], preds[:, 0]], x, stats, carry)
+        results.append(out[3][0])
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-4)  # float32 model input
+    np.testing.assert_allclose(results[2], results[0], rtol=1e-4)  # float32 model input
+    assert results[0][-30] > 0.5 and np.nanmax(results[0]) < 1.0
+
+
+def test_log10_tail_is_continuous_and_does_not_underflow() -> None:
+    z = np.array([-3.0, 0.0, 1.0, 7.999, 8.0, 40.0, 1e3])
+    got = anomaly.log10_tail(z)
+    assert got[1] == pytest.approx(math.log10(0.5))
+    assert got[2] == pytest.approx(math.log10(1 - NormalDist().cdf(1.0)), rel=1e-9)
+    assert got[4] == pytest.approx(got[3], rel=1e-3)
+    assert np.isfinite(got).all() and np.all(np.diff(got) < 0)
+    assert anomaly.probability_from_tail(np.array([-5.0]))[0] == 0.5
+
+
+def test_pack_and_unpack_round_trip_over_several_tensors() -> None:
+    stats = np.arange(2 * 21, dtype=np.float64).reshape(2, 21)
+    like = [np.zeros((2, 2, 4), np.float32) for _ in range(anomaly.aux_tensors(21, 2, 4))]
+    assert len(like) == 3
+    tensors = pack(stats, like)
+    assert [t.shape for t in tensors] == [(2, 2, 4)] * 3
+    np.testing.assert_array_equal(unpack(tensors, 21), stats)
+    np.testing.assert_array_equal(unpack([t[:, 1:] for t in tensors], 21), stats[1:])  # rows are sessions
