@@ -10,8 +10,9 @@ present is for this stream. Differences from nupic's `AnomalyLikelihood`, each t
 - the long-term mean/variance are running moments (exact averages over the first MEMORY values, then
   exponentially weighted with weight 1/MEMORY) instead of moments re-estimated over a window of 8640 kept
   scores; the short-term average is over the last WINDOW scores, kept in a ring;
-- the long-term moments take the short-term average winsorised at mean + TAME std, so that an anomaly
-  does not widen the distribution it is judged against before it is flagged;
+- the first LEARN scored readings (the model settling into the stream) stay out of the long-term moments,
+  and the likelihood is reported as 0.5 until WARMUP scored readings (nupic: learningPeriod and
+  estimationSamples);
 - the raw score is the standardised squared prediction error z^2 (mean over features, capped at CAP)
   rather than HTM's fraction of unpredicted columns: a reading the model predicted well scores ~1.
 
@@ -50,7 +51,6 @@ VAR_FLOOR = (
 )
 CLIP = 10.0  # online-normalised model inputs are clipped to +-CLIP
 SCALE_FLOOR = 1e-3  # relative floor on a feature's running std: a constant stream still has a scale
-TAME = 4.0  # long-term moments take the short-term average clipped to mean + TAME std (after warmup)
 RED = 5.0  # -log10 of the tail at which probability = 0.5 (nupic's red alert: likelihood 0.99999)
 _LOG10 = math.log(10.0)
 _LOG_2PI = math.log(2 * math.pi)
@@ -213,10 +213,7 @@ class SessionStats:
                 log10_q[ready, t] = log10_tail(z)
             learn = live & (m >= LEARN)  # the model's first surprises (it is settling in) are left out
             lm, lv = long_mean[learn], long_var[learn]
-            # winsorised update after the warmup: an anomaly must not widen the very distribution it is
-            # judged against before it has been seen as one; a lasting change is still absorbed, slowly
-            bound = np.where(m[learn] >= WARMUP, lm + TAME * np.sqrt(np.maximum(lv, VAR_FLOOR)), np.inf)
-            update_moments(lm, lv, m[learn] - LEARN, np.minimum(average[learn], bound))
+            update_moments(lm, lv, m[learn] - LEARN, average[learn])
             long_mean[learn], long_var[learn] = lm, lv
             m[live] += 1
             log10_q[~live, t] = np.nan

@@ -34,7 +34,7 @@ def test_installed_package_serves_the_shipped_models_from_any_directory(tmp_path
     with zipfile.ZipFile(wheel) as archive:  # what pip installs: the wheel's files as they are
         archive.extractall(site)
     shipped = {p.parent.parent.name for p in (site / "service/default_models").glob("*/*/manifest.json")}
-    assert shipped == {"lm", "sensor"}
+    assert shipped == {"lm", "sensor", "sensor-fleet"}
     anywhere, state, logs = tmp_path / "anywhere", tmp_path / "state", tmp_path / "logs"
     logs.mkdir()
     environ: dict[str, str | None] = {
@@ -46,7 +46,11 @@ def test_installed_package_serves_the_shipped_models_from_any_directory(tmp_path
     server = ServerProcess(None, anywhere, environ=environ, log_dir=logs).wait_ready()
     try:
         models = httpx.get(f"{server.url}/v1/models").json()["models"]
-        assert {(m["name"], m["version"]) for m in models} == {("lm", "1"), ("sensor", "1")}
+        assert {(m["name"], m["version"]) for m in models} == {
+            ("lm", "1"),
+            ("sensor", "1"),
+            ("sensor-fleet", "1"),
+        }
         sid = httpx.post(f"{server.url}/v1/sessions", json={"model": "lm"}).json()["session_id"]
         assert httpx.post(f"{server.url}/v1/sessions/{sid}/events", json={"text": "the"}).status_code == 200
     finally:

@@ -52,9 +52,6 @@ class Reference:
         if self.m >= anomaly.WARMUP:
             z = (average - self.long_mean) / math.sqrt(max(self.long_var, anomaly.VAR_FLOOR))
             result = NormalDist().cdf(z)
-            average = min(
-                average, self.long_mean + anomaly.TAME * math.sqrt(max(self.long_var, anomaly.VAR_FLOOR))
-            )
         else:
             result = 0.5
         if self.m >= anomaly.LEARN:
