@@ -33,7 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels", type=Path, default=None, help="combined_windows.json: also score the results"
     )
     nab.add_argument("--detector", default="rnnserve", help="detector name in the results (%(default)s)")
-    nab.add_argument("--models-dir", type=Path, default=Path("models"), help="models directory (%(default)s)")
+    nab.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="models directory (default: the service's, RNNSERVE_MODELS_DIR)",
+    )
     nab.add_argument(
         "--model",
         default="sensor-fleet",
@@ -56,7 +61,8 @@ def _progress(total: int, enabled: bool) -> tuple[Callable[[int], object], Calla
 def run_nab(args: argparse.Namespace) -> int:
     files = read_corpus(args.data)
     windows = read_windows(args.labels, files) if args.labels is not None else None
-    settings = Settings(models_dir=args.models_dir, snapshot_path=None, max_events_per_request=1024)
+    where = {} if args.models_dir is None else {"models_dir": args.models_dir}
+    settings = Settings(snapshot_path=None, max_events_per_request=1024, **where)
     total = sum(len(f.values) for f in files)
     print(
         f"{len(files)} file(s), {total:,} readings; detector {args.detector} = model {args.model}", flush=True
