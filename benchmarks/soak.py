@@ -100,7 +100,9 @@ async def soak(manager: SessionManager, art: Artifact, args: argparse.Namespace)
     async def worker(w: int) -> None:
         nonlocal done, most_live, next_sample
         i = w
-        while done < args.cycles:
+        while done < args.cycles and (
+            args.max_seconds is None or time.perf_counter() - t0 < args.max_seconds
+        ):
             sid = (await manager.create(body, None)).session_id
             most_live = max(most_live, len(manager.store))  # type: ignore[arg-type]
             response = await manager.step(sid, None, payloads[i % len(payloads)])
@@ -161,6 +163,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cycles", type=int, default=1_000_000, help="create/step/delete cycles (%(default)s)")
     p.add_argument(
         "--warmup", type=int, default=200_000, help="cycles before the RSS baseline is read (%(default)s)"
+    )
+    p.add_argument(
+        "--max-seconds", type=float, default=None, help="stop after this long even short of --cycles (none)"
     )
     p.add_argument("--sample-every", type=int, default=50_000, help="cycles between samples (%(default)s)")
     p.add_argument("--workers", type=int, default=64, help="concurrent clients (%(default)s)")
