@@ -125,7 +125,9 @@ class BulkSteps:
     ) -> None:
         """Steps whose turn this request holds: look up, decode, then one call per (version, events)."""
         manager = self.manager
-        records = await manager.store.lookup_many([session_id for _, session_id, _ in lane], owner)
+        # no touch: only applied steps restart a session's idle TTL (their commit marks it used)
+        ids = [session_id for _, session_id, _ in lane]
+        records = await manager.store.lookup_many(ids, owner, touch=False)
         groups: dict[tuple[str, int], list[tuple[int, Served, Decoded, SessionRecord, dict[str, Any]]]] = {}
         for (i, session_id, payload), record in zip(lane, records, strict=True):
             try:

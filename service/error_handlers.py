@@ -33,11 +33,15 @@ _MALFORMED_TYPES = frozenset({"json_invalid", "dict_type", "model_attributes_typ
 
 
 def _finite(value: Any) -> Any:
-    """JSON has no NaN or Infinity: error details that echo such values carry them as strings."""
+    """JSON has no NaN or Infinity: error details that echo such values carry them as strings. UTF-8
+    has no lone surrogates: text that echoes one carries it escaped, as JSON writes it (`\\ud800`), so
+    that rendering an error about bad text never fails."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8") if not value.isascii() else value
     if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
+        return {_finite(str(k)): _finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     return value
@@ -86,6 +90,8 @@ def json_object(raw: str | bytes, what: str) -> dict[str, Any]:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"{what} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise BadRequest(f"{what} nests arrays or objects too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest(f"{what} must be a JSON object")
     return body

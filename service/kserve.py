@@ -31,22 +31,13 @@ sequence, and the sequence's state lives on the server between requests.
 
 from __future__ import annotations
 
-import contextlib
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from service import schemas
-from service.errors import (
-    BadRequest,
-    InvalidInput,
-    ModelNotFound,
-    ServiceError,
-    SessionGone,
-    SessionNotFound,
-)
+from service import schemas, v2_sequence
+from service.errors import BadRequest, InvalidInput, ModelNotFound
 from service.registry import LoadedModel
 from service.sessions import SessionManager
 from service.v2_tensors import Tensor, decode_values
@@ -70,7 +61,6 @@ OUTPUTS: dict[str, dict[str, tuple[str, int]]] = {  # name -> (datatype, rank)
     },
 }
 DEFAULT_TOP_K = 5
-_SEQUENCE_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -123,23 +113,6 @@ def decode_input(request: dict[str, Any], tail: bytes, task: str) -> np.ndarray 
             shape=shape,
         )
     return decode_values(datatype, shape, spec.get("data"), raw, "input x")
-
-
-def sequence_params(request: dict[str, Any]) -> tuple[int | str | None, bool, bool]:
-    """(sequence id or None, start, end); a request without an id is a one-shot sequence."""
-    params = request.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise BadRequest("`parameters` must be an object")
-    sequence_id = params.get("sequence_id")
-    if isinstance(sequence_id, bool) or not isinstance(sequence_id, int | str | None):
-        raise BadRequest("sequence_id must be an unsigned integer or a string")
-    if isinstance(sequence_id, int) and sequence_id < 0:
-        raise BadRequest("sequence_id must be an unsigned integer or a string")
-    if sequence_id in (0, "", None):
-        return None, True, True
-    if isinstance(sequence_id, str) and not _SEQUENCE_ID.match(sequence_id):
-        raise BadRequest("a string sequence_id is 1 to 64 letters, digits and _ . : -")
-    return sequence_id, bool(params.get("sequence_start", False)), bool(params.get("sequence_end", False))
 
 
 def _fp32(values: list[float | None]) -> np.ndarray:
@@ -237,49 +210,43 @@ async def infer(
     """One V2 inference request, whatever its transport: `request` is the JSON header (gRPC builds the
     same shape), `tail` the binary tensor data. Decode, step the sequence's session, encode."""
     model = manager.registry.get(name, version)
-    sequence_id, start, end = sequence_params(request)
+    request_id = request_id_of(request)
+    params = v2_sequence.sequence_params(request.get("parameters"))
     x = decode_input(request, tail, model.task)
     wanted = requested_outputs(request, model.task)
+    top_k = (request.get("parameters") or {}).get("top_k", DEFAULT_TOP_K)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise BadRequest(f"parameter top_k must be a non-negative integer, not {top_k!r}")
     payload: dict[str, Any]
     if model.task == "lm":
         payload = _lm_payload(model, x, request.get("parameters") or {})
     else:
         assert isinstance(x, np.ndarray)
         payload = {"readings": x[0].astype(np.float64).tolist()}
-    if sequence_id is None:
-        created = await manager.create(schemas.CreateSession(model=name, version=version), owner)
-        session_id = created.session_id
-    else:
-        scoped = f"{name}:{sequence_id}"  # Triton's sequence ids are per model
-        if start:
-            session_id = (await manager.start_sequence(name, version, scoped, owner)).session_id
-        else:
-            session_id = manager.sequence_session_id(scoped, owner)
-    try:
-        step = await manager.step(session_id, owner, payload)
-    except SessionNotFound:
-        raise BadRequest(
-            f"sequence {sequence_id!r} of model {name!r} is not running: its first request "
-            "must set sequence_start",
-            sequence_id=sequence_id,
-        ) from None
-    except SessionGone as gone:  # say which sequence, not which internal session id
-        reason = gone.code.removeprefix("session_")
-        raise type(gone)(
-            f"sequence {sequence_id!r} of model {name!r} was {reason}", sequence_id=sequence_id
-        ) from None
-    finally:
-        if end:
-            with contextlib.suppress(ServiceError):  # already ended
-                await manager.delete(session_id, owner)
+    step = await v2_sequence.step_sequence(manager, owner, model, params, payload)
     tensors = encode_outputs(step, model.task, model.vocab_index)
+    sequence = {"sequence_id": params.sequence_id, "seq": step.seq} if params.sequence_id is not None else {}
     header = {
         "model_name": model.name,
         "model_version": model.version,
-        **({"id": request["id"]} if isinstance(request.get("id"), str) else {}),
-        "parameters": {"sequence_id": sequence_id, "seq": step.seq} if sequence_id is not None else {},
+        **({"id": request_id} if request_id is not None else {}),
+        "parameters": sequence,
     }
     return InferResult(header, [(tensors[n], binary) for n, binary in wanted])
+
+
+def request_id_of(request: dict[str, Any]) -> str | None:
+    """The request's `id` (a string the answer echoes), checked before anything is applied."""
+    request_id = request.get("id")
+    if request_id is None:
+        return None
+    if not isinstance(request_id, str):
+        raise BadRequest(f"`id` must be a string, not {type(request_id).__name__}")
+    try:
+        request_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("`id` must be UTF-8 text: it holds a lone surrogate") from None
+    return request_id
 
 
 def model_metadata(manager: SessionManager, name: str, version: str | None) -> dict[str, Any]:

@@ -7,13 +7,41 @@ Value limits that depend on settings (events per request, top_k ceiling) are che
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and Infinity (which Python's JSON parser reads) are refused in every float field of a request,
+    # and values are not coerced ("7" is not an integer, "yes" not a boolean): the schema is the contract
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+
+# Text a client sends and the answer echoes: a lone UTF-16 surrogate (JSON "\ud800") cannot be written
+# back as UTF-8, and control characters other than tab, newline and carriage return are not text.
+_NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def is_text(value: str) -> bool:
+    """What `check_text` accepts, without the message (for the decoders' fast paths)."""
+    return _NOT_TEXT.search(value) is None
+
+
+def check_text(value: str) -> str:
+    """`value` if it is writable text; else a ValueError naming the first bad character as JSON writes it."""
+    bad = _NOT_TEXT.search(value)
+    if bad is not None:
+        char = json.dumps(bad.group())[1:-1]  # "\ud800", "\u0000": as the client wrote it
+        raise ValueError(
+            f"character {bad.start()} ({char}) is not text: remove lone surrogates and control characters"
+        )
+    return value
+
+
+Text = Annotated[str, AfterValidator(check_text)]
 
 
 # ---- models ------------------------------------------------------------------------------------
@@ -101,8 +129,8 @@ class SessionInfo(BaseModel):
 
 class LmEvents(_Request):
     seq: int | None = Field(default=None, ge=0)
-    tokens: list[str] | None = None
-    text: str | None = None
+    tokens: list[Text] | None = None
+    text: Text | None = None
     top_k: int = Field(default=5, ge=0)
     # `<unk>` and `<eos>` among the suggestions; without, the top_k other words (each with the
     # model's own probability, not renormalized)
@@ -117,8 +145,9 @@ class LmEvents(_Request):
 
 class SensorEvents(_Request):
     seq: int | None = Field(default=None, ge=0)
-    readings: list[list[float]]
-    timestamps: list[float | str] | None = None
+    # NaN and Infinity pass here so that the predictor can name the reading and feature they are in
+    readings: list[list[Annotated[float, Field(allow_inf_nan=True)]]]
+    timestamps: list[float | Text] | None = None
 
     @model_validator(mode="after")
     def _timestamps_match(self) -> SensorEvents:
@@ -206,7 +235,7 @@ class GenerateRequest(_Request):
     max_tokens: int = Field(default=20, ge=1)
     temperature: float = Field(default=1.0, ge=0.0)
     top_k: int = Field(default=40, ge=0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, lt=2**128)
     commit: bool = False
     stop_at_eos: bool = True
     include_special: bool = False  # may sample `<unk>`, and `<eos>` without stop_at_eos

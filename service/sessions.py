@@ -436,6 +436,11 @@ class SessionManager:
 
     # ---- steps -------------------------------------------------------------------------------------
 
+    def check_events(self, model: LoadedModel, payload: dict[str, Any]) -> None:
+        """Refuse now what `step` would refuse for this payload on any session of `model`, so that a
+        protocol can validate a request before it moves anything (KServe's sequence_start)."""
+        self._serve(model).predictor.decode(payload)
+
     async def step(self, session_id: str, owner: str | None, payload: dict[str, Any]) -> schemas.StepResponse:
         """Apply one request's events (all in one ONNX Runtime call) and answer one output per event."""
         return schemas.StepResponse.model_validate_json(await self.step_json(session_id, owner, payload))
@@ -456,7 +461,8 @@ class SessionManager:
     async def step_locked(self, session_id: str, owner: str | None, payload: dict[str, Any]) -> bytes:
         """`step_json` for a caller that holds the session's turn."""
         for _ in range(_ATTEMPTS):
-            record = await self.store.lookup(session_id, owner)
+            # no touch: only an applied step restarts the idle TTL (the commit marks it used)
+            record = await self.store.lookup(session_id, owner, touch=False)
             served = self.served_for(record)
             decoded = served.predictor.decode(payload)
             early = self.check_seq(served, decoded, record)
@@ -562,7 +568,7 @@ class SessionManager:
         self.check_open()
         await self._turns.acquire(session_id)
         try:
-            record = await self.store.lookup(session_id, owner)
+            record = await self.store.lookup(session_id, owner, touch=False)
             served = self._served_for(record)
             predictor = served.predictor
             if not isinstance(predictor, LmPredictor):
@@ -570,6 +576,7 @@ class SessionManager:
                     f"generate needs an lm model; {record.model_key} is a {served.model.task} model"
                 )
             request = validate(schemas.GenerateRequest, payload)
+            predictor.check_generate(request)
             batcher = served.batcher
 
             async def step(x: np.ndarray, state: list[np.ndarray]) -> StepResult:
@@ -581,6 +588,8 @@ class SessionManager:
                 # check-and-set against the seq the start state had: another replica may step meanwhile
                 seq = (await self.store.write_state(replace(record, seq=seq), state, seq + len(ids))).seq
                 served.events.inc(len(ids))
+            else:  # a generation that moved nothing still used the session: restart its idle TTL
+                await self.store.lookup(session_id, owner)
             tokens, text = predictor.join(ids)
             return schemas.GenerateResponse(tokens=tokens, text=text, seq=seq)
         finally:

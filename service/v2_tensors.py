@@ -66,6 +66,13 @@ def flatten(data: Any, depth: int = 0) -> list[Any]:
     return [data]
 
 
+def _json_values(data: Any, what: str) -> list[Any]:
+    """A tensor's JSON `data`, flattened: an array (flat or nested), never a bare value."""
+    if not isinstance(data, list):
+        raise InvalidInput(f"{what}: give `data` as a JSON array (or binary tensor data)")
+    return flatten(data)
+
+
 def split_bytes(raw: bytes, what: str) -> list[bytes]:
     """BYTES binary data: each element a 4-byte little-endian length, then that many bytes."""
     items: list[bytes] = []
@@ -90,7 +97,7 @@ def decode_values(datatype: str, shape: list[int], data: Any, raw: bytes | None,
         if raw is not None:
             items = split_bytes(raw, what)
         else:
-            flat = flatten(data)
+            flat = _json_values(data, what)
             if not all(isinstance(v, str) for v in flat):
                 raise InvalidInput(f"{what}: BYTES data are JSON strings")
             items = [v.encode("utf-8", errors="surrogatepass") for v in flat]
@@ -104,7 +111,7 @@ def decode_values(datatype: str, shape: list[int], data: Any, raw: bytes | None,
                 )
             values = np.frombuffer(raw, dtype=dtype)
         else:
-            flat = flatten(data)
+            flat = _json_values(data, what)
             if any(isinstance(v, bool) or not isinstance(v, int | float) for v in flat):
                 raise InvalidInput(f"{what}: data is not {datatype} numbers")
             try:

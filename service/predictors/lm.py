@@ -127,6 +127,14 @@ class LmPredictor:
 
     # ---- generation --------------------------------------------------------------------------------
 
+    def check_generate(self, request: schemas.GenerateRequest) -> None:
+        """InvalidInput for what the schema cannot check: the settings' limit on max_tokens."""
+        if request.max_tokens > self.settings.max_generate_tokens:
+            raise InvalidInput(
+                f"max_tokens {request.max_tokens} is above the limit {self.settings.max_generate_tokens}",
+                limit=self.settings.max_generate_tokens,
+            )
+
     async def generate(
         self,
         request: schemas.GenerateRequest,
@@ -140,11 +148,7 @@ class LmPredictor:
         back, one call per token. `<eos>` ends generation when asked, and is neither returned nor fed.
         Without `include_special`, `<unk>` is never sampled, nor `<eos>` unless it ends generation.
         """
-        if request.max_tokens > self.settings.max_generate_tokens:
-            raise InvalidInput(
-                f"max_tokens {request.max_tokens} is above the limit {self.settings.max_generate_tokens}",
-                limit=self.settings.max_generate_tokens,
-            )
+        self.check_generate(request)
         rng = np.random.default_rng(request.seed)
         banned: list[int] = []
         if not request.include_special:
@@ -194,8 +198,9 @@ def _plain_events(payload: dict[str, object]) -> _Plain | None:
     if tokens is not None:
         if type(tokens) is not list or not all(type(t) is str for t in tokens):
             return None
-        return seq, tokens, None, top_k, special
-    return (seq, None, text, top_k, special) if type(text) is str else None
+        # text the answer cannot echo (lone surrogates, control characters): the schema words the 422
+        return (seq, tokens, None, top_k, special) if schemas.is_text(" ".join(tokens)) else None
+    return (seq, None, text, top_k, special) if type(text) is str and schemas.is_text(text) else None
 
 
 _BLOCKS = 64  # the columns are dealt into this many strided blocks to find a row's top-k threshold
@@ -238,10 +243,13 @@ def sample(log_probs: np.ndarray, temperature: float, top_k: int, rng: np.random
     the top_k most likely ids when top_k > 0."""
     if temperature == 0:
         return int(np.argmax(log_probs))
-    logits = log_probs.astype(np.float64) / temperature
+    # shifted before the division: a tiny temperature makes the others -inf, never inf - inf = NaN
+    shifted = log_probs.astype(np.float64)
+    shifted -= shifted.max()
+    with np.errstate(over="ignore", divide="ignore"):
+        logits = shifted / temperature  # <= 0, the most likely 0
     if 0 < top_k < len(logits):
         cut = np.partition(logits, len(logits) - top_k)[len(logits) - top_k]
         logits = np.where(logits >= cut, logits, -np.inf)
-    logits -= logits.max()
     weights = np.exp(logits)
     return int(rng.choice(len(weights), p=weights / weights.sum()))

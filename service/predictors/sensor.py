@@ -14,6 +14,7 @@ scored against: its score, probability, is_anomaly, likelihood and surprise are 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -57,8 +58,8 @@ def _plain_events(
         return seq, readings, None
     if type(stamps) is not list or len(stamps) != len(readings):
         return None
-    if not all(type(t) is str or _number(t) for t in stamps):
-        return None
+    if not all((type(t) is str and schemas.is_text(t)) or (_number(t) and math.isfinite(t)) for t in stamps):
+        return None  # the schema refuses non-finite stamps and text the answer cannot echo
     return seq, readings, [t if type(t) is str else float(t) for t in stamps]
 
 
@@ -116,8 +117,9 @@ class SensorPredictor:
         if not bad.any():
             return
         i, f = (int(v) for v in np.argwhere(bad)[0])
+        value = json.dumps(float(raw[i, f]))  # as the client wrote it: NaN, Infinity, 1e+300
         raise InvalidInput(
-            f"reading {i}, feature {self.features[f]!r}: {raw[i, f]!r} is not a finite number in range",
+            f"reading {i}, feature {self.features[f]!r}: {value} is not a finite number in range",
             index=i,
             feature=self.features[f],
         )

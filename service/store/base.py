@@ -183,9 +183,9 @@ class SessionStore(Protocol):
         ...
 
     async def lookup_many(
-        self, session_ids: Sequence[str], owner: str | None
+        self, session_ids: Sequence[str], owner: str | None, *, touch: bool = True
     ) -> list[SessionRecord | ServiceError]:
-        """`lookup` (touch) of each id, together: one record or the error `lookup` raises, per id."""
+        """`lookup` of each id, together: one record or the error `lookup` raises, per id."""
         ...
 
     async def delete(self, session_id: str, owner: str | None) -> SessionRecord: ...

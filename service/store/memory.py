@@ -291,7 +291,7 @@ class MemoryStore:
         return self._record(part, row)
 
     async def lookup_many(
-        self, session_ids: Sequence[str], owner: str | None
+        self, session_ids: Sequence[str], owner: str | None, *, touch: bool = True
     ) -> list[SessionRecord | ServiceError]:
         now = self.clock()
         found: list[SessionRecord | ServiceError] = []
@@ -301,7 +301,8 @@ class MemoryStore:
             except ServiceError as exc:
                 found.append(exc)
                 continue
-            self._parts[part].last_used[row] = now
+            if touch:
+                self._parts[part].last_used[row] = now
             found.append(self._record(part, row))
         return found
 

@@ -343,12 +343,12 @@ class RedisStore:
         return results
 
     async def lookup_many(
-        self, session_ids: Sequence[str], owner: str | None
+        self, session_ids: Sequence[str], owner: str | None, *, touch: bool = True
     ) -> list[SessionRecord | ServiceError]:
         found: list[SessionRecord | ServiceError] = []
         for start in range(0, len(session_ids), _LOOKUPS_PER_CALL):
             chunk = session_ids[start : start + _LOOKUPS_PER_CALL]
-            for result in await self._lookup_many([(session_id, owner, True) for session_id in chunk]):
+            for result in await self._lookup_many([(session_id, owner, touch) for session_id in chunk]):
                 if not isinstance(result, SessionRecord | ServiceError):
                     raise result
                 found.append(result)

@@ -1,0 +1,119 @@
+"""The hostile-client cases of issue 10 against the real server, on every transport: each answers a 4xx
+in its route's error shape and leaves the session (seq, idle TTL) as it was. Bodies are sent as raw
+bytes: a JSON client would refuse to encode a lone surrogate itself."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+from e2e_support import ServerProcess
+from test_e2e_websocket import open_stream
+
+pytestmark = pytest.mark.e2e
+
+JSON = {"Content-Type": "application/json"}
+DEEP = 900
+
+BAD_LM_BODIES = [
+    b'{"text": "w1 \\ud800"}',
+    b'{"text": "w1 \\ud800", "seq": 1}',
+    b'{"tokens": ["w1", "\\udfff"]}',
+    b'{"text": "w1\\u0000w2"}',
+    b'{"tokens": ["w1"], "top_k": -1}',
+    b'{"tokens": ["w2"], "seq": 0}',  # 409: the session is at 1
+    b'{"tokens": ["w1"], "seq": "1"}',
+    b'{"tokens": ' + b"[" * DEEP + b"]" * DEEP + b"}",
+    b"[" * 5000 + b"]" * 5000,  # deeper than the JSON parser recurses
+]
+BAD_GENERATE_BODIES = [
+    b'{"seed": -1}',
+    b'{"seed": 1e400}',
+    b'{"temperature": NaN}',
+    b'{"max_tokens": 99999999999999999999999}',
+]
+
+
+def session_at_one(client: httpx.Client) -> tuple[str, dict[str, object]]:
+    session = client.post("/v1/sessions", json={"model": "lm-gru"}).json()["session_id"]
+    assert client.post(f"/v1/sessions/{session}/events", json={"tokens": ["w1"], "seq": 0}).status_code == 200
+    info = client.get(f"/v1/sessions/{session}").json()
+    time.sleep(0.01)  # so that a touch would show in last_used_at
+    return session, info
+
+
+def test_rest_refuses_bad_bodies_and_moves_nothing(client: httpx.Client) -> None:
+    session, before = session_at_one(client)
+    for body in BAD_LM_BODIES:
+        response = client.post(f"/v1/sessions/{session}/events", content=body, headers=JSON)
+        assert 400 <= response.status_code < 500, (body[:60], response.text)
+        assert set(response.json()["error"]) == {"code", "message", "details"}
+    for body in BAD_GENERATE_BODIES:
+        response = client.post(f"/v1/sessions/{session}/generate", content=body, headers=JSON)
+        assert response.status_code == 422, (body, response.text)
+    surrogate = client.post(f"/v1/sessions/{session}/events", content=BAD_LM_BODIES[0], headers=JSON).json()
+    assert "\\ud800" in surrogate["error"]["message"]  # the value as the client wrote it
+    assert client.get(f"/v1/sessions/{session}").json() == before
+
+
+def test_websocket_answers_bad_messages_and_stays_open(server: ServerProcess, client: httpx.Client) -> None:
+    session, before = session_at_one(client)
+    with open_stream(server, session) as ws:
+        for body in BAD_LM_BODIES:
+            ws.send(body.decode())
+            reply = json.loads(ws.recv(timeout=30))
+            assert set(reply) == {"error"} and reply["error"]["code"] in (
+                "bad_request",
+                "invalid_input",
+                "seq_conflict",
+            ), (body[:60], reply)
+        assert client.get(f"/v1/sessions/{session}").json() == before
+        ws.send(json.dumps({"tokens": ["w2"], "seq": 1}))
+        assert json.loads(ws.recv(timeout=30))["seq"] == 2
+
+
+def v2(client: httpx.Client, body: bytes, header_length: int | None = None) -> httpx.Response:
+    headers = {"Content-Type": "application/json"}
+    if header_length is not None:
+        headers["Inference-Header-Content-Length"] = str(header_length)
+    return client.post("/v2/models/lm-gru/infer", content=body, headers=headers)
+
+
+def test_v2_refuses_hostile_requests_and_moves_no_sequence(client: httpx.Client) -> None:
+    def x(data: str, **params: object) -> bytes:
+        head = {"parameters": params, "inputs": [{"name": "x", "datatype": "INT64", "shape": [1, 1]}]}
+        return (
+            json.dumps(head)
+            .encode()
+            .replace(b'"shape": [1, 1]', b'"shape": [1, 1], "data": ' + data.encode())
+        )
+
+    started = v2(client, x("[2]", sequence_id="hostile", sequence_start=True, seq=0))
+    assert started.status_code == 200, started.text
+    bad = [
+        x("[" * DEEP + "2" + "]" * DEEP, sequence_id="hostile"),
+        x("[2]", sequence_id=2**64),
+        x("[2]", sequence_id="hostile", sequence_start=True, top_k=-1),
+        x("[2]", sequence_id="hostile", sequence_end=True, top_k=-1),
+        x("[2]", sequence_id="hostile", seq=5),
+        x("[2]", sequence_id="hostile").replace(b"{", b'{"id": "\\ud800", ', 1),
+    ]
+    for body in bad:
+        response = v2(client, body)
+        assert 400 <= response.status_code < 500, (body[:80], response.text)
+        assert isinstance(response.json()["error"], str)
+    head = json.dumps(
+        {
+            "parameters": {"sequence_id": "hostile"},
+            "inputs": [
+                {"name": "x", "datatype": "INT64", "shape": [1, 1], "parameters": {"binary_data_size": 7}}
+            ],
+        }
+    ).encode()
+    assert v2(client, head + b"\x02" * 7, len(head)).status_code == 422
+    # the sequence is where the start left it: the next request at seq 1 applies
+    going = v2(client, x("[3]", sequence_id="hostile", seq=1))
+    assert going.status_code == 200 and going.json()["parameters"]["seq"] == 2, going.text
+    assert v2(client, x("[3]", sequence_id="hostile", seq=1)).json() == going.json()  # a retry: replayed
