@@ -11,7 +11,8 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 
 class _Request(BaseModel):
@@ -128,13 +129,23 @@ class SessionInfo(BaseModel):
 
 
 class LmEvents(_Request):
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["tokens"]}, {"required": ["text"]}]})
+
     seq: int | None = Field(default=None, ge=0)
-    tokens: list[Text] | None = None
-    text: Text | None = None
+    # absent, never null: the schema's "exactly one of tokens and text" counts the keys given
+    tokens: list[Text] | SkipJsonSchema[None] = None
+    text: Text | SkipJsonSchema[None] = None
     top_k: int = Field(default=5, ge=0)
     # `<unk>` and `<eos>` among the suggestions; without, the top_k other words (each with the
     # model's own probability, not renormalized)
     include_special: bool = False
+
+    @field_validator("tokens", "text", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("give a value or leave the field out")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> LmEvents:

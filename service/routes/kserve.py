@@ -20,9 +20,19 @@ from service import kserve, triton_config
 from service.deps import ManagerDep, MetricsDep, OwnerDep, SettingsDep
 from service.errors import BadRequest
 from service.routes.health import check_ready
+from service.v2_schemas import InferResponse, ModelMetadata, ServerMetadata, infer_request_body, v2_errors
 from service.v2_tensors import decode_http, http_body
 
-router = APIRouter(prefix="/v2", tags=["kserve v2"])
+# OpenAPI: every /v2 route may answer these, in the V2 error shape; inference adds its own below
+router = APIRouter(prefix="/v2", tags=["kserve v2"], responses=v2_errors(400, 401, 404, 413, 422, 503))
+_INFER: dict[int | str, dict[str, Any]] = {
+    200: {  # documented, not validated: a response_model would add absent fields as null
+        "model": InferResponse,
+        "description": "JSON, or (binary outputs asked for) JSON then binary data",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    **v2_errors(409, 410, 429),
+}
 
 EXTENSIONS = [
     "sequence",
@@ -42,7 +52,7 @@ async def _path_version(request: Request) -> str | None:
 VersionDep = Annotated[str | None, Depends(_path_version)]
 
 
-@router.get("", summary="Server metadata")
+@router.get("", summary="Server metadata", responses={200: {"model": ServerMetadata}})
 async def server_metadata(request: Request) -> dict[str, Any]:
     return {"name": "rnnserve", "version": request.app.version, "extensions": EXTENSIONS}
 
@@ -94,21 +104,39 @@ async def vocab(name: str, owner: OwnerDep, manager: ManagerDep, version: Versio
     return {"name": model.name, "version": model.version, "vocab": model.vocab}
 
 
-@router.get("/models/{name}", summary="Model metadata (default version)")
-@router.get("/models/{name}/versions/{version}", summary="Model metadata")
+_METADATA: dict[int | str, dict[str, Any]] = {200: {"model": ModelMetadata}}
+
+
+@router.get("/models/{name}", summary="Model metadata (default version)", responses=_METADATA)
+@router.get("/models/{name}/versions/{version}", summary="Model metadata", responses=_METADATA)
 async def metadata(name: str, owner: OwnerDep, manager: ManagerDep, version: VersionDep) -> dict[str, Any]:
     return kserve.model_metadata(manager, name, version)
 
 
-@router.get("/models/{name}/ready", summary="Model readiness (200, or 404 when not served)")
-@router.get("/models/{name}/versions/{version}/ready", summary="Model readiness")
+@router.get(
+    "/models/{name}/ready", summary="Model readiness (200, or 404 when not served)", response_class=Response
+)
+@router.get("/models/{name}/versions/{version}/ready", summary="Model readiness", response_class=Response)
 async def model_ready(name: str, owner: OwnerDep, manager: ManagerDep, version: VersionDep) -> Response:
     kserve.model_metadata(manager, name, version)
     return Response(status_code=200)
 
 
-@router.post("/models/{name}/infer", summary="Inference on the default version")
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference")
+_INFER_BODY = infer_request_body()
+
+
+@router.post(
+    "/models/{name}/infer",
+    summary="Inference on the default version",
+    responses=_INFER,
+    openapi_extra=_INFER_BODY,
+)
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    summary="Inference",
+    responses=_INFER,
+    openapi_extra=_INFER_BODY,
+)
 async def infer(
     name: str,
     request: Request,

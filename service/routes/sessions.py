@@ -29,8 +29,21 @@ router = APIRouter(prefix="/v1/sessions", tags=["sessions"], responses=SESSION_E
 _EVENTS_EXAMPLES = {
     "lm tokens": {"value": {"seq": 0, "tokens": ["the", "cat"], "top_k": 5}},
     "lm text": {"value": {"text": "the cat sat"}},
-    "sensor": {"value": {"seq": 0, "readings": [[20.1, 1001.5, 0.52]], "timestamps": [1717171717.0]}},
+    "sensor": {  # the shipped sensor model: temperature, humidity, power, vibration
+        "value": {"seq": 0, "readings": [[21.2, 59.0, 52.3, 3.1]], "timestamps": [1717171717.0]}
+    },
 }
+
+
+def _body_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """`openapi_extra` for a route that reads its body raw: the schema OpenAPI shows for it."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+# the events body is an lm or a sensor body, whichever the session's model takes
+_EVENTS_BODY = _body_schema(
+    {"oneOf": [schemas.LmEvents.model_json_schema(), schemas.SensorEvents.model_json_schema()]}
+)
 EventsBody = Annotated[dict[str, Any], Body(openapi_examples=_EVENTS_EXAMPLES)]
 GenerateBody = Annotated[
     dict[str, Any],
@@ -91,14 +104,20 @@ async def export_state(session_id: str, owner: OwnerDep, manager: ManagerDep) ->
 
 
 @router.post(
-    "/{session_id}/events", response_model=schemas.StepResponse, summary="Apply events; one output per event"
+    "/{session_id}/events",
+    response_model=schemas.StepResponse,
+    summary="Apply events; one output per event",
+    openapi_extra=_EVENTS_BODY,
 )
 async def step(session_id: str, body: EventsBody, owner: OwnerDep, manager: ManagerDep) -> Response:
     return Response(await manager.step_json(session_id, owner, body), media_type="application/json")
 
 
 @router.post(
-    "/{session_id}/generate", response_model=schemas.GenerateResponse, summary="lm: generate a continuation"
+    "/{session_id}/generate",
+    response_model=schemas.GenerateResponse,
+    summary="lm: generate a continuation",
+    openapi_extra=_body_schema(schemas.GenerateRequest.model_json_schema()),
 )
 async def generate(session_id: str, body: GenerateBody, owner: OwnerDep, manager: ManagerDep) -> Response:
     return model_response(await manager.generate(session_id, owner, body))

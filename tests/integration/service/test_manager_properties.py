@@ -88,13 +88,15 @@ Op = tuple[Any, ...]
 
 
 def ops(task: str, words: list[str]) -> st.SearchStrategy[Op]:
+    event: st.SearchStrategy[Any]
+    extras: dict[str, st.SearchStrategy[Any]]
     if task == "lm":
-        events = st.lists(st.sampled_from(words), min_size=0, max_size=4)
-        extra = st.fixed_dictionaries({}, optional={"top_k": st.integers(0, 4)})
+        event, extras = st.sampled_from(words), {"top_k": st.integers(0, 4)}
     else:
-        reading = st.tuples(st.floats(10, 30), st.floats(980, 1020), st.floats(0.2, 0.8)).map(list)
-        events = st.lists(reading, min_size=0, max_size=4)
-        extra = st.fixed_dictionaries({}, optional={"timestamps": st.just("auto")})
+        event = st.tuples(st.floats(10, 30), st.floats(980, 1020), st.floats(0.2, 0.8)).map(list)
+        extras = {"timestamps": st.just("auto")}
+    events = st.lists(event, min_size=0, max_size=4)
+    extra = st.fixed_dictionaries({}, optional=extras)
     return st.one_of(
         st.tuples(st.just("good"), events, st.booleans(), extra),
         st.tuples(st.just("dup")),

@@ -101,7 +101,7 @@ async def test_seq_makes_retries_exactly_once(make_settings: Callable[..., Setti
 
 
 async def test_a_failed_request_moves_no_sequence(make_settings: Callable[..., Settings]) -> None:
-    async with running(make_settings()) as manager:
+    async with running(make_settings(max_events_per_request=4)) as manager:
         await infer(manager, request([2, 3], sequence_id="s", sequence_start=True))
         before = await position(manager, "s")
         bad_requests: list[dict[str, Any]] = [
@@ -109,6 +109,8 @@ async def test_a_failed_request_moves_no_sequence(make_settings: Callable[..., S
             request([2], sequence_id="s", sequence_end=True, top_k=-1),
             request([2], sequence_id="s", sequence_start=True, sequence_end=True, top_k="5"),
             request([999], sequence_id="s", sequence_start=True),
+            request([2] * 5, sequence_id="s", sequence_start=True),  # over the limit: the core refuses it
+            request([2] * 5, sequence_id="s", sequence_end=True),
             request([2], sequence_id="s", seq=0),
             {**request([2], sequence_id="s", sequence_start=True), "id": "\udc00"},
             {**request([2], sequence_id="s", sequence_end=True), "id": 5},
