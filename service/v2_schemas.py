@@ -103,6 +103,7 @@ class ModelMetadata(_Open):
 _V2_STATUS = {
     400: "malformed request (not JSON, bad parameters, unknown input, sequence not running)",
     401: "missing or wrong API key",
+    403: "model management is off, or the key is not an admin key",
     404: "unknown model or version",
     409: "`parameters.seq` conflict",
     410: "the sequence expired, was evicted or ended",

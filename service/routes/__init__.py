@@ -32,6 +32,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (503, "not ready or shutting down"),
     )
 }
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    403: {"model": ErrorBody, "description": "model management is off, or the key is not an admin key"},
+}
 SESSION_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
     409: {"model": ErrorBody, "description": "`seq` conflict; details carry `expected_seq`"},

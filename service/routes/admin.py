@@ -12,9 +12,9 @@ from fastapi import APIRouter, Query
 
 from service import schemas
 from service.deps import AdminDep, ManagerDep
-from service.routes import ERRORS
+from service.routes import ADMIN_ERRORS
 
-router = APIRouter(prefix="/v1/admin/models", tags=["admin"], responses=ERRORS)
+router = APIRouter(prefix="/v1/admin/models", tags=["admin"], responses=ADMIN_ERRORS)
 
 PolicyQuery = Query(
     None, description="drain (sessions go on until they end) or end (410 at once); default: the setting"

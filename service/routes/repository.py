@@ -18,8 +18,11 @@ from fastapi import APIRouter, Request, Response
 from service import schemas
 from service.deps import AdminDep, ManagerDep
 from service.errors import BadRequest
+from service.v2_schemas import v2_errors
 
-router = APIRouter(prefix="/v2/repository", tags=["kserve v2"])
+router = APIRouter(
+    prefix="/v2/repository", tags=["kserve v2"], responses=v2_errors(400, 401, 403, 404, 413, 422, 503)
+)
 
 
 async def _body(request: Request) -> dict[str, Any]:
