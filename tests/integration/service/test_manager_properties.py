@@ -201,7 +201,9 @@ class Runner:
         layers, hidden = self.reference.manifest.state_shape
         got = np.frombuffer(__import__("base64").b64decode(state), "<f4").reshape(-1, layers, hidden)
         want = np.stack([s[:, 0] for s in self.reference.run_chunks(ref.applied)])
-        np.testing.assert_allclose(got, want, atol=1e-5)
+        # the graph's recurrent state comes first; a task may keep more state after it (sensor: the
+        # running statistics of its scores), which the graph alone does not predict
+        np.testing.assert_allclose(got[: len(want)], want, atol=1e-5)
         await self.manager.delete(sid, None)
 
 
