@@ -42,6 +42,7 @@ CHECKS = [
     negative_data_rejection,
 ]
 LM, SENSOR = "lm-gru", "sensor-gru"
+PER_ITEM_ERRORS = {"/v1/steps"}  # bulk: a bad step is answered in its own result, the body 200
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,10 @@ def test_no_input_breaks_the_contract(fuzzed: ServerProcess) -> None:
 
 
 def _fuzz(operation: Any, mode: GenerationMode, url: str, http: httpx.Client) -> None:
+    checks = CHECKS
+    if operation.path in PER_ITEM_ERRORS:  # 200 with an error per bad item is the route's contract
+        checks = [c for c in CHECKS if c is not negative_data_rejection]
+
     @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(operation.as_strategy(generation_mode=mode))
     def run(case: Any) -> None:
@@ -95,7 +100,7 @@ def _fuzz(operation: Any, mode: GenerationMode, url: str, http: httpx.Client) ->
         headers = dict(case.headers or {})
         headers.setdefault("Authorization", auth()["Authorization"])
         case.headers = headers
-        case.call_and_validate(base_url=url, checks=CHECKS)
+        case.call_and_validate(base_url=url, checks=checks)
 
     started = time.monotonic()
     run()
