@@ -360,3 +360,45 @@ def test_unsupported_extensions_answer_clearly(
     finally:
         grpc.stop_stream()
     assert error is not None and "StatusCode.UNAUTHENTICATED" in str(error.status())
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_exactly_once_extension_with_the_real_clients(
+    http: thttp.InferenceServerClient,
+    grpc: tgrpc.InferenceServerClient,
+    references: dict[str, Reference],
+    transport: str,
+) -> None:
+    """`parameters.seq`: a retry of the same step answers the stored outputs and moves nothing; a wrong
+    `seq` is refused (409 / ABORTED-class status) naming the expected value; the sequence then goes on
+    as if neither had been sent, against one whole-sequence ONNX Runtime call."""
+    module: Any = thttp if transport == "http" else tgrpc
+    client: Any = http if transport == "http" else grpc
+    sid = f"exactly-once-{transport}"
+    ids = [4, 11, 7, 2]
+
+    def step(part: list[int], seq: int, start: bool = False) -> Any:
+        outputs = [module.InferRequestedOutput(n) for n in LM_OUTPUTS]
+        return client.infer(
+            LM,
+            [lm_input(module, part)],
+            outputs=outputs,
+            sequence_id=sid,
+            sequence_start=start,
+            parameters={"top_k": 4, "seq": seq},
+            headers=bearer(),
+        )
+
+    first = step(ids[:2], 0, start=True)
+    retried = step(ids[:2], 0, start=True)  # a client retry of the same request
+    for name in LM_OUTPUTS:
+        assert np.array_equal(first.as_numpy(name), retried.as_numpy(name)), name
+    with pytest.raises(InferenceServerException) as caught:
+        step(ids[2:], 5)  # the client's count is wrong
+    assert "2" in str(caught.value), caught.value  # the message names the expected seq
+    if transport == "http":
+        assert caught.value.status() == "409"
+    else:
+        assert caught.value.status() in ("StatusCode.ABORTED", "StatusCode.FAILED_PRECONDITION")
+    second = step(ids[2:], 2)
+    check_lm(joined([first, second], LM_OUTPUTS), references[LM], ids, 4)
