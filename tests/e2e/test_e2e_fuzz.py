@@ -47,7 +47,8 @@ PER_ITEM_ERRORS = {"/v1/steps"}  # bulk: a bad step is answered in its own resul
 # Bad data may be refused as too large (413) before it is parsed: the body limit is a rejection too, and
 # every route that takes a body declares it. The rest is schemathesis' default set.
 REJECTIONS = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
-CONFIG = SchemathesisConfig.from_dict({"checks": {"negative_data_rejection": {"expected-statuses": REJECTIONS}}})
+NEGATIVE = {"negative_data_rejection": {"expected-statuses": REJECTIONS}}
+CONFIG = SchemathesisConfig.from_dict({"checks": NEGATIVE})
 
 
 @pytest.fixture(scope="module")
