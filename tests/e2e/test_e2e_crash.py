@@ -114,7 +114,9 @@ def test_sigkill_mid_stream_loses_at_most_the_snapshot_window(
             seq = got.json()["seq"]
             state = np.frombuffer(base64.b64decode(got.json()["state"]), "<f4")
             want = reference_state(references[model], events[:seq])
-            assert np.allclose(state, want, rtol=TOLERANCE, atol=TOLERANCE), (model, seq)
+            # the graph's recurrent state first; a sensor session keeps its score statistics after it
+            assert state.size >= want.size, (model, state.size)
+            assert np.allclose(state[: want.size], want, rtol=TOLERANCE, atol=TOLERANCE), (model, seq)
             crash["restored"].append(seq)
         crash["idle"] = httpx.get(f"{second.url}/v1/sessions/{idle}").status_code
         crash["ended"] = httpx.get(f"{second.url}/v1/sessions/{ended}").json()
