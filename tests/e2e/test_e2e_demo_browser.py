@@ -99,7 +99,8 @@ def test_sensor_tab_streams_the_plant_and_flags_a_spike(server: ServerProcess, p
         found = flagged.search(page.locator("#sensor-status").inner_text())
         return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
 
-    page.wait_for_function("/seq (2[0-9][0-9])/.test(document.querySelector('#sensor-status').textContent)")
+    # past the likelihood's warm-up (service/anomaly.py WARMUP: 250 scored readings), when flags can start
+    page.wait_for_function("/seq (3[0-9][0-9])/.test(document.querySelector('#sensor-status').textContent)")
     seq, normal_flags = progress()
     assert normal_flags <= 0.05 * seq, (seq, normal_flags)  # the simulated plant looks normal to the model
     page.locator("#spike").click()
