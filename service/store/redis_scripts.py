@@ -1,6 +1,6 @@
 """The Redis store's Lua scripts: each is one atomic round trip (EVALSHA; reloaded after NOSCRIPT).
 
-Key layout (see redis_store.py): s:<id> session hash, g:<id> tombstone, z:<model> live ids by last use.
+Key layout (see redis_layout.py): s:<id> session hash, g:<id> tombstone, z:<model> live ids by last use.
 Session hash fields: m model, o owner, i incarnation, q seq, c created ms, u last used ms, x state,
 a answer seq (-1: none), f answer fingerprint, r answer response, t token of the last applied write.
 Times come from Redis's own clock (TIME), so that replicas never compare their clocks. Scripts that

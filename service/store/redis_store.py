@@ -1,17 +1,7 @@
 """The Redis session store (store=redis): every session lives in Redis, so any replica serves any session.
 
-Keys (prefix `rnnserve:`; scripts in redis_scripts.py):
-
-    s:<id>      hash, expires after session_ttl_s idle (PEXPIRE restarted on every use)
-                  m model "name/version"   o owner ("-": none)   i incarnation (random, per create)
-                  q seq   c created ms   u last used ms   x state: float32 [S, L, H] little-endian bytes
-                  a seq of the stored answer (-1: none)   f its payload fingerprint   r its response
-                  t token of the last applied write
-    g:<id>      tombstone "reason\\nowner": 410 with the reason for gone_retention_s. While a session
-                lives it holds "expired" with a TTL gone_retention_s longer than the session's, so a
-                session that Redis expires leaves its tombstone behind; delete and evict overwrite it.
-    z:<model>   sorted set of a model version's live ids by last use: capacity (ZCARD, after dropping
-                ids whose hash expired) and the LRU victim for capacity_policy=evict.
+Keys, hash fields and the encoding of states and script replies: redis_layout.py; the Lua scripts:
+redis_scripts.py.
 
 Round trips: a batch of B sessions: read 1 (GATHER: B states and seqs, packed into three bulk
 strings, so that the client parses 3 values rather than 3B) and write 1 (COMMIT: the check-and-set of
@@ -36,7 +26,6 @@ import logging
 import math
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -45,29 +34,33 @@ import redis.asyncio as aioredis
 
 from service.batcher import Coalescer
 from service.errors import (
-    GONE_BY_REASON,
     BadRequest,
     CapacityExceeded,
     SequenceConflict,
     ServiceError,
     SessionDeleted,
     SessionGone,
-    SessionNotFound,
     StoreUnavailable,
 )
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store import redis_scripts
-from service.store.base import (
-    Committed,
-    Gathered,
-    Saved,
-    SessionRecord,
-    Status,
-    StoredAnswer,
-    check_session_id,
-)
+from service.store.base import Committed, Gathered, Saved, SessionRecord, StoredAnswer, check_session_id
 from service.store.redis_client import Availability, connect, where
+from service.store.redis_layout import (
+    PREFIX,
+    Keys,
+    Partition,
+    commit_meta,
+    decode_commit,
+    decode_gather,
+    decode_record,
+    gone,
+    owner_code,
+    refusal,
+    split_lookups,
+    text,
+)
 
 _LOOKUPS_PER_CALL = 512  # ids in one lookup script call, as the coalescer sends at most
 
@@ -75,33 +68,6 @@ if TYPE_CHECKING:
     from service.registry import LoadedModel
 
 log = logging.getLogger(__name__)
-
-PREFIX = "rnnserve:"
-_STATUS = np.zeros(256, np.int8)  # a script's status character -> Status
-_STATUS[ord("c")], _STATUS[ord("g")] = Status.CONFLICT, Status.GONE
-
-
-def _owner_code(owner: str | None) -> str:
-    return "-" if owner is None else "=" + owner
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-@dataclass(frozen=True, slots=True)
-class _Part:
-    key: str
-    name: str
-    version: str
-    state_count: int
-    layers: int
-    hidden: int
-    zkey: str
-
-    @property
-    def nbytes(self) -> int:
-        return 4 * self.state_count * self.layers * self.hidden
 
 
 class RedisStore:
@@ -119,7 +85,7 @@ class RedisStore:
         self.metrics = metrics
         self.ttl_ms = max(1, math.ceil(settings.session_ttl_s * 1000))
         self.gone_ms = math.ceil(settings.gone_retention_s * 1000)
-        self.prefix = prefix
+        self.keys = Keys(prefix)
         self.client = client if client is not None else connect(settings.redis_url)
         self.availability = Availability(where(self.client))
         register = self.client.register_script
@@ -131,16 +97,10 @@ class RedisStore:
         self._commit = register(redis_scripts.COMMIT)
         self._sweep = register(redis_scripts.SWEEP)
         self._lookups: Coalescer[tuple[str, str | None, bool], SessionRecord] = Coalescer(self._lookup_many)
-        self._parts: list[_Part] = []
+        self._parts: list[Partition] = []
         self._part_by_key: dict[str, int] = {}
 
-    # ---- keys, errors --------------------------------------------------------------------------------
-
-    def _s(self, session_id: str) -> str:
-        return f"{self.prefix}s:{session_id}"
-
-    def _g(self, session_id: str) -> str:
-        return f"{self.prefix}g:{session_id}"
+    # ---- availability --------------------------------------------------------------------------------
 
     def _guard(self) -> contextlib.AbstractContextManager[None]:
         return self.availability.guard()
@@ -187,7 +147,7 @@ class RedisStore:
         if existing is not None:
             return existing
         name, _, version = key.partition("/")
-        self._parts.append(_Part(key, name, version, state_count, layers, hidden, f"{self.prefix}z:{key}"))
+        self._parts.append(Partition(key, name, version, state_count, layers, hidden, self.keys.z + key))
         self._part_by_key[key] = len(self._parts) - 1
         return len(self._parts) - 1
 
@@ -198,65 +158,30 @@ class RedisStore:
 
     def _record(self, session_id: str, fields: Sequence[Any]) -> SessionRecord:
         """From a script's {m, i, q, c, u}."""
-        model_key = _text(fields[0])
-        last_used_ms = int(fields[4])
-        return SessionRecord(
-            session_id=session_id,
-            model_key=model_key,
-            part=self._part_by_key.get(model_key, -1),
-            row=-1,
-            gen=int(fields[1]),
-            seq=int(fields[2]),
-            created_at=int(fields[3]) / 1000,
-            last_used_at=last_used_ms / 1000,
-            expires_at=(last_used_ms + self.ttl_ms) / 1000,
-        )
-
-    @staticmethod
-    def _refusal(session_id: str, reply: Sequence[Any]) -> SessionNotFound | SessionGone:
-        """What a script's {'gone', reason} / {'none'} means."""
-        if _text(reply[0]) == "gone":
-            reason = _text(reply[1])
-            return GONE_BY_REASON[reason](
-                f"session {session_id} was {reason}", session_id=session_id, reason=reason
-            )
-        return SessionNotFound(f"no session {session_id}", session_id=session_id)
+        return decode_record(session_id, fields, self._part_by_key, self.ttl_ms)
 
     async def _ended(self, record: SessionRecord) -> NoReturn:
         """The incarnation of `record` is gone (its owner was checked when it was looked up): raise why."""
         with self._guard():
             async with self.client.pipeline(transaction=False) as pipe:
-                pipe.hget(self._s(record.session_id), "i")
-                pipe.get(self._g(record.session_id))
+                pipe.hget(self.keys.session(record.session_id), "i")
+                pipe.get(self.keys.tomb(record.session_id))
                 gen, tomb = await pipe.execute()
         sid = record.session_id
         if gen is not None:  # ended, and the id reused since (a client-chosen id)
             raise SessionDeleted(f"session {sid} ended and its id was reused", session_id=sid)
         if tomb is None:
             raise SessionGone(f"session {sid} has ended", session_id=sid)
-        reason = _text(tomb).partition("\n")[0]
-        raise GONE_BY_REASON[reason](f"session {sid} was {reason}", session_id=sid, reason=reason)
+        raise gone(sid, text(tomb).partition("\n")[0])
 
-    def _ended_count(self, part: _Part | None, reason: str, count: int) -> None:
+    def _ended_count(self, part: Partition | None, reason: str, count: int) -> None:
         if self.metrics is not None and part is not None and count:
             self.metrics.sessions_ended.labels(part.name, reason).inc(count)
 
-    def _gauges(self, part: _Part | None, live: int) -> None:
+    def _gauges(self, part: Partition | None, live: int) -> None:
         if self.metrics is not None and part is not None:
             self.metrics.active_sessions.labels(part.name, part.version).set(live)
             self.metrics.state_bytes.labels(part.name, part.version).set(live * part.nbytes)
-
-    def _state_bytes(self, part: _Part, state: Sequence[np.ndarray] | None) -> bytes:
-        if state is None:
-            return bytes(part.nbytes)
-        blob = np.ascontiguousarray(np.stack(list(state)), dtype="<f4").tobytes()  # [S, L, H]
-        if len(blob) != part.nbytes:
-            raise ValueError(f"state of {len(blob)} bytes for {part.key}, which needs {part.nbytes}")
-        return blob
-
-    def _state_tensors(self, part: _Part, blob: bytes) -> list[np.ndarray]:
-        flat = np.frombuffer(blob, "<f4").reshape(part.state_count, part.layers, part.hidden)
-        return [np.array(s, np.float32) for s in flat]
 
     # ---- lifecycle of sessions -----------------------------------------------------------------------
 
@@ -273,17 +198,17 @@ class RedisStore:
         chosen = session_id is not None
         if session_id is not None:
             check_session_id(session_id)
-        blob = self._state_bytes(part, state)
+        blob = part.state_bytes(state)
         s = self.settings
         for _ in range(3):  # a server-chosen 128-bit id is in use: practically never
             sid = session_id if session_id is not None else secrets.token_hex(16)
             gen = secrets.randbits(62) | 1
             with self._guard():
                 reply = await self._create(
-                    keys=[self._s(sid), self._g(sid), part.zkey],
+                    keys=[self.keys.session(sid), self.keys.tomb(sid), part.zkey],
                     args=[
                         model_key,
-                        _owner_code(owner),
+                        owner_code(owner),
                         gen,
                         seq,
                         blob,
@@ -291,12 +216,12 @@ class RedisStore:
                         self.gone_ms,
                         s.max_sessions,
                         s.capacity_policy,
-                        f"{self.prefix}s:",
-                        f"{self.prefix}g:",
+                        self.keys.s,
+                        self.keys.g,
                         sid,
                     ],
                 )
-            kind = _text(reply[0])
+            kind = text(reply[0])
             if kind == "ok":
                 self._ended_count(part, "expired", int(reply[3]))
                 self._ended_count(part, "evicted", int(reply[4]))
@@ -324,22 +249,18 @@ class RedisStore:
         self, lookups: list[tuple[str, str | None, bool]]
     ) -> list[SessionRecord | Exception]:
         keys: list[str] = []
-        args: list[Any] = [self.ttl_ms, self.gone_ms, f"{self.prefix}z:"]
+        args: list[Any] = [self.ttl_ms, self.gone_ms, self.keys.z]
         for session_id, owner, touch in lookups:
-            keys += [self._s(session_id), self._g(session_id)]
-            args += [_owner_code(owner), 1 if touch else 0, session_id]
+            keys += [self.keys.session(session_id), self.keys.tomb(session_id)]
+            args += [owner_code(owner), 1 if touch else 0, session_id]
         with self._guard():
             reply = await self._lookup(keys=keys, args=args)
-        answers = _text(reply).split("\x1e")
-        if len(answers) != len(lookups):
-            raise AssertionError(f"{len(answers)} answers to {len(lookups)} lookups")
         results: list[SessionRecord | Exception] = []
-        for (session_id, _, _), answer in zip(lookups, answers, strict=True):
-            fields = answer.split("\x1f")
+        for (session_id, _, _), fields in zip(lookups, split_lookups(reply, len(lookups)), strict=True):
             if fields[0] == "ok":
                 results.append(self._record(session_id, fields[1:]))
             else:
-                results.append(self._refusal(session_id, fields))
+                results.append(refusal(session_id, fields))
         return results
 
     async def lookup_many(
@@ -357,11 +278,11 @@ class RedisStore:
     async def delete(self, session_id: str, owner: str | None) -> SessionRecord:
         with self._guard():
             reply = await self._delete(
-                keys=[self._s(session_id), self._g(session_id)],
-                args=[_owner_code(owner), self.gone_ms, f"{self.prefix}z:", session_id],
+                keys=[self.keys.session(session_id), self.keys.tomb(session_id)],
+                args=[owner_code(owner), self.gone_ms, self.keys.z, session_id],
             )
-        if _text(reply[0]) != "ok":
-            raise self._refusal(session_id, reply)
+        if text(reply[0]) != "ok":
+            raise refusal(session_id, reply)
         record = self._record(session_id, reply[1:])
         part = self._parts[record.part] if record.part >= 0 else None
         self._ended_count(part, "deleted", 1)
@@ -372,7 +293,7 @@ class RedisStore:
     ) -> SessionRecord:
         with self._guard():
             reply = await self._write(
-                keys=[self._s(record.session_id), self._g(record.session_id)],
+                keys=[self.keys.session(record.session_id), self.keys.tomb(record.session_id)],
                 args=[
                     record.gen,
                     "" if expect is None else expect,
@@ -380,11 +301,11 @@ class RedisStore:
                     blob,
                     self.ttl_ms,
                     self.gone_ms,
-                    f"{self.prefix}z:",
+                    self.keys.z,
                     record.session_id,
                 ],
             )
-        kind = _text(reply[0])
+        kind = text(reply[0])
         if kind == "gone":
             await self._ended(record)
         if kind == "conflict":
@@ -400,22 +321,24 @@ class RedisStore:
     async def write_state(
         self, record: SessionRecord, state: Sequence[np.ndarray], seq: int
     ) -> SessionRecord:
-        return await self._write_one(record, record.seq, seq, self._state_bytes(self._part_of(record), state))
+        return await self._write_one(record, record.seq, seq, self._part_of(record).state_bytes(state))
 
-    def _part_of(self, record: SessionRecord) -> _Part:
+    def _part_of(self, record: SessionRecord) -> Partition:
         return self._parts[self._part_by_key[record.model_key]]
 
     async def read_state(self, record: SessionRecord) -> tuple[int, list[np.ndarray]]:
         with self._guard():
-            fields: list[Any] = await self.client.hmget(self._s(record.session_id), ["i", "q", "x"])
+            fields: list[Any] = await self.client.hmget(self.keys.session(record.session_id), ["i", "q", "x"])
         gen, seq, blob = fields
         if gen is None or int(gen) != record.gen:
             await self._ended(record)
-        return int(seq), self._state_tensors(self._part_of(record), bytes(blob))
+        return int(seq), self._part_of(record).state_tensors(bytes(blob))
 
     async def last_answer(self, record: SessionRecord) -> StoredAnswer | None:
         with self._guard():
-            fields: list[Any] = await self.client.hmget(self._s(record.session_id), ["i", "a", "f", "r"])
+            fields: list[Any] = await self.client.hmget(
+                self.keys.session(record.session_id), ["i", "a", "f", "r"]
+            )
         gen, seq, fp, response = fields
         if gen is None or int(gen) != record.gen:
             await self._ended(record)
@@ -427,22 +350,12 @@ class RedisStore:
 
     async def gather(self, part: int, records: Sequence[SessionRecord]) -> Gathered:
         p = self._parts[part]
-        n = len(records)
         with self._guard():
-            status, seqs, blob = await self._gather(
-                keys=[self._s(r.session_id) for r in records],
+            reply = await self._gather(
+                keys=[self.keys.session(r.session_id) for r in records],
                 args=[p.nbytes, " ".join(f"{r.gen} {r.seq}" for r in records)],
             )
-        if len(status) != n or len(blob) != n * p.nbytes:
-            raise AssertionError(f"the batch read returned {len(blob)} state bytes for {n} session(s)")
-        flat = np.frombuffer(blob, "<f4").reshape(n, p.state_count, p.layers, p.hidden)
-        # [B, S, L, H] -> per tensor [L, B, H], C-contiguous
-        tensors = range(p.state_count)
-        state = [np.ascontiguousarray(flat[:, k].transpose(1, 0, 2), np.float32) for k in tensors]
-        all_ready = status.count(b".") == n
-        return Gathered(
-            state, _STATUS[np.frombuffer(status, np.uint8)], np.array(seqs.split(), np.int64), all_ready
-        )
+        return decode_gather(p, reply, len(records))
 
     async def commit(
         self,
@@ -453,36 +366,26 @@ class RedisStore:
         answers: Sequence[StoredAnswer | None],
     ) -> Committed:
         p = self._parts[part]
-        n = len(records)
-        # [L, B, H] per tensor -> [B, S, L, H]: each session's bytes in a row
-        blob = np.ascontiguousarray(np.stack(list(state)).transpose(2, 0, 1, 3), "<f4").tobytes()
-        token = secrets.token_hex(8)
-        meta = " ".join(
-            f"{r.gen} {r.seq} {r.seq + events} {token} -1 0 0"
-            if a is None
-            else f"{r.gen} {r.seq} {r.seq + events} {token} {a.seq} {a.fingerprint} {len(a.response)}"
-            for r, a in zip(records, answers, strict=True)
-        )
-        responses = b"".join(a.response for a in answers if a is not None)
+        meta, responses = commit_meta(records, events, secrets.token_hex(8), answers)
         ids = [r.session_id for r in records]
         with self._guard():
             reply = await self._commit(
-                keys=[*(self._s(i) for i in ids), *(self._g(i) for i in ids), p.zkey],
-                args=[self.ttl_ms, self.gone_ms, p.nbytes, len(f"{self.prefix}s:"), meta, blob, responses],
+                keys=[*map(self.keys.session, ids), *map(self.keys.tomb, ids), p.zkey],
+                args=[
+                    self.ttl_ms,
+                    self.gone_ms,
+                    p.nbytes,
+                    len(self.keys.s),
+                    meta,
+                    p.batch_bytes(state),
+                    responses,
+                ],
             )
-        status = _STATUS[np.frombuffer(reply[0], np.uint8)]
-        if len(status) != n:
-            raise AssertionError(f"the batch write answered for {len(status)} of {n} session(s)")
-        committed = Committed(status, np.array(reply[1].split(), np.int64), reply[0].count(b".") == n)
-        for k in range(2, len(reply), 4):
-            index, seq, fp, response = reply[k : k + 4]
-            if int(seq) >= 0 and response:
-                committed.answers[int(index) - 1] = StoredAnswer(int(seq), int(fp), bytes(response))
-        return committed
+        return decode_commit(reply, len(records))
 
     # ---- housekeeping --------------------------------------------------------------------------------
 
-    async def _prune(self, parts: Sequence[_Part]) -> list[tuple[int, int]]:
+    async def _prune(self, parts: Sequence[Partition]) -> list[tuple[int, int]]:
         """(expired, live) per partition, after forgetting the ids whose hash Redis expired."""
         if not parts:
             return []
