@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from service import stepping
 from service.error_handlers import error_json
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceError
 from service.predictors.base import Decoded
@@ -31,7 +32,8 @@ from service.store import SessionRecord
 from service.turns import Turns
 
 if TYPE_CHECKING:
-    from service.sessions import Served, SessionManager
+    from service.sessions import SessionManager
+    from service.stepping import Served
 
 _ENVELOPE = 'the body must be a JSON object {"steps": [...]}'
 
@@ -135,9 +137,11 @@ class BulkSteps:
                     raise record
                 served = manager.served_for(record)
                 decoded = served.predictor.decode(payload)
-                early = manager.check_seq(served, decoded, record)
+                early = stepping.check_seq(served, decoded, record)
                 if early is True:
-                    results[i] = _ok(session_id, await manager.replay_stored(served, decoded, record))
+                    results[i] = _ok(
+                        session_id, await stepping.replay_stored(manager.store, served, decoded, record)
+                    )
                 elif isinstance(early, bytes):
                     results[i] = _ok(session_id, early)
                 else:
@@ -156,14 +160,14 @@ class BulkSteps:
     ) -> None:
         manager = self.manager
         served = members[0][1]
-        jobs = [manager.job(s, decoded, record) for _, s, decoded, record, _ in members]
+        jobs = [stepping.job(s, decoded, record) for _, s, decoded, record, _ in members]
         outcomes = await served.batcher.run_now(jobs, members[0][2].events)
         for (i, _, decoded, record, payload), outcome in zip(members, outcomes, strict=True):
             session_id = record.session_id
             try:
                 if isinstance(outcome, BaseException):
                     raise outcome
-                answer = await manager.settle(served, decoded, record, outcome, owner)
+                answer = await stepping.settle(manager.store, served, decoded, record, outcome, owner)
                 if answer is None:  # the session moved on under it (another replica): the usual path
                     answer = await manager.step_locked(session_id, owner, payload)
                 results[i] = _ok(session_id, answer)

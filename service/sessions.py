@@ -5,17 +5,9 @@
 `owner` is the caller's API key identity, or None when auth is off; a session of another owner is
 reported as not found. Every failure is a `service.errors.ServiceError` with its status and code.
 
-Exactly-once steps: a step body may carry `seq`, the count of events the client believes the session
-has consumed. seq == count: applied. The same request (same seq, same payload) as the last applied one:
-its stored response is returned and nothing is applied (metric `replays`). Anything else: 409
-SequenceConflict with `expected_seq`. Without `seq`, the request is applied as it comes. Requests for
-one session are applied one at a time in arrival order (`Turns`) within this process.
-
-Across processes (store=redis, several replicas) the rule holds by check-and-set: a step is looked up,
-run in a batch, and written back only if the session is still at the seq its lookup saw (runner.py).
-The answer is stored in the same atomic write, so when two replicas race on one request the loser
-finds the winner's answer and replays it (same payload) or answers 409 (another payload); an
-unsequenced request that lost such a race is run again on the new state. Never both, never neither.
+Exactly-once steps (`seq`, replays, 409) and their check-and-set across replicas: stepping.py, whose
+pieces `step_locked` and bulk ingest (bulk.py) share. Requests for one session are applied one at a
+time in arrival order (`Turns`) within this process.
 
 KServe V2 with Triton's sequence extension (client-chosen `sequence_id`): use `sequence_session_id` to
 map (sequence_id, owner) to this manager's session id (owners never collide), `start_sequence` for
@@ -32,15 +24,12 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, NoReturn
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
-import orjson
-from prometheus_client import Counter
 
-from service import schemas
+from service import schemas, stepping
 from service.batcher import Batcher
 from service.bulk import BulkSteps
 from service.errors import (
@@ -49,22 +38,21 @@ from service.errors import (
     ModelNotFound,
     NotReady,
     SequenceConflict,
-    SessionDeleted,
     SessionGone,
     SessionNotFound,
     SessionUnloaded,
     ShuttingDown,
-    StoreUnavailable,
 )
+from service.housekeeping import Housekeeping
 from service.metrics import Metrics
 from service.model_control import ModelControl
-from service.predictors import LmPredictor, Predictor, make_predictor
-from service.predictors.base import Decoded, validate
+from service.predictors import LmPredictor, make_predictor
+from service.predictors.base import validate
 from service.registry import LoadedModel, Registry
 from service.runner import ModelRunner, StepJob, StepResult
 from service.settings import Settings
-from service.store import MemoryStore, SessionRecord, SessionStore, Status, StoredAnswer
-from service.store.snapshot_file import remove_stale_temps
+from service.stepping import Served
+from service.store import MemoryStore, SessionRecord, SessionStore
 from service.store.transfer import decode_snapshot, encode_snapshot
 from service.turns import Turns
 
@@ -73,19 +61,6 @@ log = logging.getLogger(__name__)
 # An unsequenced step that lost a check-and-set race (another replica wrote the session between its
 # read and its write) runs again on the new state, this many times in all before answering 409.
 _ATTEMPTS = 3
-
-
-@dataclass(eq=False)
-class Served:
-    """One served model version and what its requests use (metric children looked up once)."""
-
-    model: LoadedModel
-    part: int
-    predictor: Predictor
-    batcher: Batcher[StepJob, StepResult]
-    events: Counter
-    replays: Counter
-    conflicts: Counter
 
 
 def _iso(wall: float) -> str:
@@ -118,11 +93,8 @@ class SessionManager:
         self._turns = Turns()
         self._bulk = BulkSteps(self, self._turns)
         self._ready = False
-        self._started = False
         self._stopping = False
-        self._sweeper: asyncio.Task[None] | None = None
-        self._snapshotter: asyncio.Task[None] | None = None
-        self._stop_snapshots = asyncio.Event()
+        self._housekeeping = Housekeeping(settings, metrics, self.store)
         self.control = ModelControl(self)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
@@ -134,16 +106,8 @@ class SessionManager:
         for model in models:
             self._serve(model)
         await self.store.open()
-        path = self.settings.snapshot_path
-        if path is not None and not self.store.persistent:
-            remove_stale_temps(path)
-            if path.is_file():
-                self._load_snapshot(path)
-        self._started = True
-        loop = asyncio.get_running_loop()
-        self._sweeper = loop.create_task(self._sweep_forever(), name="session-sweeper")
-        if path is not None and not self.store.persistent and self.settings.snapshot_interval_s > 0:
-            self._snapshotter = loop.create_task(self._snapshot_forever(path), name="session-snapshots")
+        self._housekeeping.restore(self.registry.all())
+        self._housekeeping.start()
         self.control.start()
         self._ready = True
 
@@ -154,13 +118,7 @@ class SessionManager:
             return
         self._stopping, self._ready = True, False
         await self.control.stop()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-        if self._snapshotter is not None:  # a write under way finishes first, or it could land after ours
-            self._stop_snapshots.set()
-            await self._snapshotter
+        await self._housekeeping.stop()
         drain = self.settings.shutdown_drain_s
         deadline = time.monotonic() + drain  # real time: a test's fake clock must not stall shutdown
         # requests already admitted finish first: with a networked store they may still be looking up
@@ -169,15 +127,7 @@ class SessionManager:
             await asyncio.sleep(0.001)
         remaining = max(0.0, deadline - time.monotonic())
         await asyncio.gather(*(s.batcher.stop(remaining) for s in self._served.values()))
-        path = self.settings.snapshot_path
-        # a failed start must not overwrite a good snapshot
-        if path is not None and self._started and not self.store.persistent:
-            try:
-                count = self.store.save(path)
-            except OSError:  # the shutdown goes on: the last periodic snapshot (if any) stays in place
-                log.exception("session snapshot %s could not be written at shutdown", path)
-            else:
-                log.info("wrote %d session(s) to %s", count, path)
+        self._housekeeping.save_final()
         await self.store.close()
 
     @property
@@ -237,70 +187,6 @@ class SessionManager:
         """Load a new version while serving (ArtifactRefused if it does not verify); returns its info."""
         self.check_open()
         return await self.control.load(name, version)
-
-    def _load_snapshot(self, path: Path) -> None:
-        try:
-            count = self.store.load(path, self.registry.all())
-        except OSError as exc:
-            log.error("session snapshot %s not loaded: %s", path, exc)
-            return
-        except (ValueError, KeyError) as exc:
-            corrupt = path.with_name(path.name + ".corrupt")
-            path.replace(corrupt)  # kept for a look, out of the way of the next snapshot
-            log.error("session snapshot %s not loaded: %s (moved to %s)", path, exc, corrupt)
-            return
-        if self.settings.snapshot_interval_s > 0:
-            # the file is what was just restored; the next periodic snapshot replaces it
-            log.info("restored %d session(s) from %s", count, path)
-            return
-        done = path.with_name(path.name + ".loaded")
-        path.replace(done)  # a crash later must not bring these sessions back a second time
-        log.info("restored %d session(s) from %s (moved to %s)", count, path, done)
-
-    async def _snapshot_forever(self, path: Path) -> None:
-        """Write the snapshot every `snapshot_interval_s` until stop (which writes the last one): what
-        a crash loses is bounded by the interval plus one write."""
-        failing = False
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_snapshots.wait(), self.settings.snapshot_interval_s)
-            if self._stop_snapshots.is_set():
-                return
-            try:
-                saved = await self.store.save_async(path)
-            except Exception:  # disk full, permissions: keep serving, keep trying
-                self.metrics.snapshot_failures.inc()
-                if not failing:
-                    log.exception("session snapshot %s failed (retrying every interval)", path)
-                failing = True
-                continue
-            if failing:
-                log.info("session snapshot %s written again", path)
-            failing = False
-            m = self.metrics
-            m.snapshot_seconds.labels("loop").observe(saved.loop_s)
-            m.snapshot_seconds.labels("stall").observe(saved.stall_s)
-            m.snapshot_seconds.labels("write").observe(saved.write_s)
-            m.snapshot_last_success.set(time.time())
-            log.debug(
-                "snapshot: %d session(s) to %s; longest stall %.1f ms, %.1f ms on the loop, %.0f ms writing",
-                saved.count,
-                path,
-                1e3 * saved.stall_s,
-                1e3 * saved.loop_s,
-                1e3 * saved.write_s,
-            )
-
-    async def _sweep_forever(self) -> None:
-        interval = min(max(self.settings.session_ttl_s / 10, 0.05), 30.0)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.store.sweep()
-            except StoreUnavailable:
-                pass  # the store logs the outage once; the next pass tries again
-            except Exception:  # the sweeper must outlive a bad pass
-                log.exception("session sweep failed")
 
     async def sweep(self) -> int:
         """Expire idle sessions now (the sweeper does it periodically); returns how many expired."""
@@ -465,14 +351,16 @@ class SessionManager:
             record = await self.store.lookup(session_id, owner, touch=False)
             served = self.served_for(record)
             decoded = served.predictor.decode(payload)
-            early = self.check_seq(served, decoded, record)
+            early = stepping.check_seq(served, decoded, record)
             if early is not None:
                 return (
-                    early if isinstance(early, bytes) else await self.replay_stored(served, decoded, record)
+                    early
+                    if isinstance(early, bytes)
+                    else await stepping.replay_stored(self.store, served, decoded, record)
                 )
-            job = self.job(served, decoded, record)
+            job = stepping.job(served, decoded, record)
             result = await served.batcher.submit(job, decoded.events)
-            done = await self.settle(served, decoded, record, result, owner)
+            done = await stepping.settle(self.store, served, decoded, record, result, owner)
             if done is not None:
                 return done
         served.conflicts.inc()
@@ -481,85 +369,6 @@ class SessionManager:
             "nothing was applied",
             expected_seq=result.seq,
         )
-
-    # The pieces of a step, shared with bulk ingest (service/bulk.py): check the seq, build the job,
-    # settle its result.
-
-    @staticmethod
-    def check_seq(served: Served, decoded: Decoded, record: SessionRecord) -> bytes | bool | None:
-        """Before running: None to run the job; the answer (bytes) when there is nothing to apply; True
-        when the seq does not fit (the caller answers `replay_stored`: replay or 409)."""
-        if decoded.seq is not None and decoded.seq != record.seq:
-            return True
-        if decoded.events == 0:
-            return b'{"seq":%d,"outputs":[]}' % record.seq
-        return None
-
-    async def replay_stored(self, served: Served, decoded: Decoded, record: SessionRecord) -> bytes:
-        answer = await self.store.last_answer(record)
-        return self._replay_or_conflict(served, decoded, record.seq, answer)
-
-    def job(self, served: Served, decoded: Decoded, record: SessionRecord) -> StepJob:
-        return StepJob(
-            decoded.x, record, param=decoded.param, answer=self._answer_hook(served, decoded, record)
-        )
-
-    async def settle(
-        self, served: Served, decoded: Decoded, record: SessionRecord, result: StepResult, owner: str | None
-    ) -> bytes | None:
-        """A job's answer; None when it must run again (the session moved on under an unsequenced
-        request: another replica wrote it between the lookup and the write)."""
-        if result.error is not None:
-            raise result.error
-        if result.status == Status.APPLIED:
-            served.events.inc(decoded.events)
-            body: bytes = result.response
-            return body
-        if result.status == Status.GONE:
-            await self._raise_gone(record.session_id, owner)
-        if decoded.seq is not None:  # CONFLICT
-            answer = result.answer or await self.store.last_answer(record)
-            return self._replay_or_conflict(served, decoded, result.seq, answer)
-        return None
-
-    @staticmethod
-    def _answer_hook(
-        served: Served, decoded: Decoded, record: SessionRecord
-    ) -> Callable[[StepResult], tuple[bytes, StoredAnswer | None]]:
-        """Builds the response in the batch, before the write, so that the answer for replays is
-        stored atomically with the state it belongs to."""
-
-        def answer(result: StepResult) -> tuple[bytes, StoredAnswer | None]:
-            # straight from the predictor's plain values to JSON: no model objects on the hot path
-            body = orjson.dumps(
-                {"seq": result.seq, "outputs": served.predictor.encode(decoded, result, record.seq)}
-            )
-            if decoded.seq is None:
-                return body, None
-            return body, StoredAnswer(decoded.seq, decoded.fingerprint, body)
-
-        return answer
-
-    @staticmethod
-    def _replay_or_conflict(
-        served: Served, decoded: Decoded, current: int, answer: StoredAnswer | None
-    ) -> bytes:
-        """A sequenced request that does not fit the session's seq: the stored response if it is the
-        last applied request again (same seq, same payload), else 409."""
-        if answer is not None and (answer.seq, answer.fingerprint) == (decoded.seq, decoded.fingerprint):
-            served.replays.inc()
-            return answer.response
-        served.conflicts.inc()
-        raise SequenceConflict(
-            f"seq {decoded.seq} does not match the session's {current}",
-            expected_seq=current,
-            got_seq=decoded.seq,
-        )
-
-    async def _raise_gone(self, session_id: str, owner: str | None) -> NoReturn:
-        """The session ended while its batch ran (nothing was applied): raise why."""
-        await self.store.lookup(session_id, owner, touch=False)  # raises the tombstone's reason
-        raise SessionDeleted(f"session {session_id} ended while its request ran", session_id=session_id)
 
     async def generate(
         self, session_id: str, owner: str | None, payload: dict[str, Any]
