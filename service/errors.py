@@ -104,12 +104,16 @@ class InvalidInput(ServiceError):
     status, code = 422, "invalid_input"
 
 
-class CapacityExceeded(ServiceError):
-    status, code = 429, "capacity_exceeded"
+class RetryLater(ServiceError):
+    """An error the same request may not meet later: the answer says when to try again (Retry-After)."""
 
     def __init__(self, message: str, retry_after_s: int = 1, **details: Any) -> None:
         super().__init__(message, **details)
         self.headers["Retry-After"] = str(retry_after_s)
+
+
+class CapacityExceeded(RetryLater):
+    status, code = 429, "capacity_exceeded"
 
 
 class NotReady(ServiceError):
@@ -120,14 +124,10 @@ class ShuttingDown(ServiceError):
     status, code = 503, "shutting_down"
 
 
-class StoreUnavailable(ServiceError):
+class StoreUnavailable(RetryLater):
     """The session store backend (e.g. Redis) cannot be reached; nothing was applied."""
 
     status, code = 503, "store_unavailable"
-
-    def __init__(self, message: str, retry_after_s: int = 1, **details: Any) -> None:
-        super().__init__(message, **details)
-        self.headers["Retry-After"] = str(retry_after_s)
 
 
 class InferenceFailed(ServiceError):

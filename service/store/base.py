@@ -24,6 +24,7 @@ round trip (one Lua script call).
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from service.errors import BadRequest, ServiceError
+from service.errors import BadRequest, CapacityExceeded, ServiceError
 
 if TYPE_CHECKING:
     from service.registry import LoadedModel
@@ -65,6 +66,17 @@ def check_session_id(session_id: str) -> None:
         raise BadRequest(
             "a session id is 1 to 256 characters of letters, digits and _ . : -", session_id=session_id[:200]
         )
+
+
+def at_capacity(model_key: str, max_sessions: int, free_in_s: float) -> CapacityExceeded:
+    """A create refused at `max_sessions` (capacity_policy=reject); Retry-After: when the least recently
+    used session will expire (`free_in_s`), between 1 s and an hour."""
+    return CapacityExceeded(
+        f"model {model_key} is at its limit of {max_sessions} sessions",
+        retry_after_s=max(1, min(3600, math.ceil(free_in_s))),
+        model=model_key,
+        max_sessions=max_sessions,
+    )
 
 
 @dataclass(slots=True)

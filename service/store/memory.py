@@ -16,7 +16,6 @@ more than a copy of a few MB).
 
 from __future__ import annotations
 
-import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +26,6 @@ import numpy as np
 from service.errors import (
     GONE_BY_REASON,
     BadRequest,
-    CapacityExceeded,
     SequenceConflict,
     ServiceError,
     SessionNotFound,
@@ -43,6 +41,7 @@ from service.store.base import (
     SessionRecord,
     Status,
     StoredAnswer,
+    at_capacity,
     check_session_id,
     key_to_id,
     session_key,
@@ -263,13 +262,7 @@ class MemoryStore:
                 row = p.allocate()
         if row is None:
             oldest = float(p.last_used[p.live_rows()].min()) if p.live else now
-            retry = max(1, min(3600, math.ceil(oldest + self.ttl - now)))
-            raise CapacityExceeded(
-                f"model {model_key} is at its limit of {p.max_rows} sessions",
-                retry_after_s=retry,
-                model=model_key,
-                max_sessions=p.max_rows,
-            )
+            raise at_capacity(model_key, p.max_rows, oldest + self.ttl - now)
         p.init_row(
             row,
             key,

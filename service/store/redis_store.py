@@ -35,7 +35,6 @@ import redis.asyncio as aioredis
 from service.batcher import Coalescer
 from service.errors import (
     BadRequest,
-    CapacityExceeded,
     SequenceConflict,
     ServiceError,
     SessionDeleted,
@@ -45,7 +44,15 @@ from service.errors import (
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store import redis_scripts
-from service.store.base import Committed, Gathered, Saved, SessionRecord, StoredAnswer, check_session_id
+from service.store.base import (
+    Committed,
+    Gathered,
+    Saved,
+    SessionRecord,
+    StoredAnswer,
+    at_capacity,
+    check_session_id,
+)
 from service.store.redis_client import Availability, connect, where
 from service.store.redis_layout import (
     PREFIX,
@@ -230,13 +237,7 @@ class RedisStore:
             if kind == "full":
                 self._ended_count(part, "expired", int(reply[3]))
                 oldest, now = int(reply[1]), int(reply[2])
-                retry = max(1, min(3600, math.ceil((oldest + self.ttl_ms - now) / 1000)))
-                raise CapacityExceeded(
-                    f"model {model_key} is at its limit of {s.max_sessions} sessions",
-                    retry_after_s=retry,
-                    model=model_key,
-                    max_sessions=s.max_sessions,
-                )
+                raise at_capacity(model_key, s.max_sessions, (oldest + self.ttl_ms - now) / 1000)
             if chosen:
                 raise BadRequest(f"session id {sid} is in use", session_id=sid)
         raise BadRequest("could not pick a free session id")
