@@ -39,7 +39,6 @@ from service.store.base import (
     Saved,
     SessionKey,
     SessionRecord,
-    Status,
     StoredAnswer,
     at_capacity,
     check_session_id,
@@ -50,7 +49,6 @@ from service.store.slab import NO_ANSWER, Partition
 from service.store.snapshot_file import load_sessions, save_sessions, save_sessions_async
 from service.store.tombstones import Tombstones
 
-_READY, _CONFLICT, _GONE = int(Status.READY), int(Status.CONFLICT), int(Status.GONE)  # plain ints: faster
 _ROW_BITS = 32
 
 
@@ -344,46 +342,12 @@ class MemoryStore:
         return self._record(record.part, record.row)
 
     async def last_answer(self, record: SessionRecord) -> StoredAnswer | None:
-        p = self._current(record)
-        return self._answer(p, record.row)
+        return self._current(record).answer(record.row)
 
-    @staticmethod
-    def _answer(p: Partition, row: int) -> StoredAnswer | None:
-        seq = int(p.answer_seq[row])
-        response = p.answers.get(row)
-        if seq == NO_ANSWER or response is None:
-            return None
-        return StoredAnswer(seq=seq, fingerprint=int(p.answer_fp[row]), response=response)
-
-    # ---- the batcher's read and write --------------------------------------------------------------
-
-    def _check(self, p: Partition, records: Sequence[SessionRecord]) -> tuple[np.ndarray, np.ndarray, bool]:
-        """(rows, status per record, all ready): a record is READY while its row still holds the same
-        incarnation at the same seq."""
-        n = len(records)
-        if n == 1:  # a batch of one (low load): numpy scalars are cheaper than tiny vectors
-            r = records[0]
-            live = bool(p.gen[r.row] == r.gen and p.owner[r.row] >= 0)
-            code = _READY if live and p.seq[r.row] == r.seq else _CONFLICT if live else _GONE
-            return np.array([r.row], np.intp), np.array([code], np.int8), code == _READY
-        rows = np.fromiter((r.row for r in records), np.intp, n)
-        gens = np.fromiter((r.gen for r in records), np.uint32, n)
-        seqs = np.fromiter((r.seq for r in records), np.int64, n)
-        live = (p.gen[rows] == gens) & (p.owner[rows] >= 0)
-        same = live & (p.seq[rows] == seqs)
-        if same.all():
-            return rows, np.zeros(n, np.int8), True
-        status = np.where(live, np.int8(_CONFLICT), np.int8(_GONE)).astype(np.int8)
-        status[same] = _READY
-        return rows, status, False
-
-    def _seqs(self, p: Partition, rows: np.ndarray, status: np.ndarray, all_ready: bool) -> np.ndarray:
-        return p.seq[rows] if all_ready else np.where(status != _GONE, p.seq[rows], -1)
+    # ---- the batcher's read and write: the slab's (slab.py) -----------------------------------------
 
     async def gather(self, part: int, records: Sequence[SessionRecord]) -> Gathered:
-        p = self._parts[part]
-        rows, status, all_ready = self._check(p, records)
-        return Gathered(p.gather(rows), status, self._seqs(p, rows, status, all_ready), all_ready)
+        return self._parts[part].gather_records(records)
 
     async def commit(
         self,
@@ -393,36 +357,7 @@ class MemoryStore:
         events: int,
         answers: Sequence[StoredAnswer | None],
     ) -> Committed:
-        p = self._parts[part]
-        rows, status, all_ready = self._check(p, records)
-        row_list = rows.tolist()
-        if all_ready:
-            live, new_state = rows, list(state)
-            stored = [(row, a) for row, a in zip(row_list, answers, strict=True) if a is not None]
-        else:
-            ok = status == _READY
-            live, new_state = rows[ok], [s[:, ok] for s in state]
-            stored = [
-                (row, a)
-                for row, a, good in zip(row_list, answers, ok.tolist(), strict=True)
-                if a is not None and good
-            ]
-        p.scatter(live, new_state)
-        p.seq[live] += events
-        p.last_used[live] = self.clock()
-        p.answer_seq[live] = NO_ANSWER
-        if stored:
-            at = np.fromiter((row for row, _ in stored), np.intp, len(stored))
-            p.answer_seq[at] = np.fromiter((a.seq for _, a in stored), np.int64, len(stored))
-            p.answer_fp[at] = np.fromiter((a.fingerprint for _, a in stored), np.uint64, len(stored))
-            p.answers.update((row, a.response) for row, a in stored)
-        committed = Committed(status, self._seqs(p, rows, status, all_ready), all_ready)
-        if not all_ready:
-            for i in np.flatnonzero(status == _CONFLICT).tolist():
-                answer = self._answer(p, row_list[i])
-                if answer is not None:
-                    committed.answers[i] = answer
-        return committed
+        return self._parts[part].commit(records, state, events, answers, self.clock())
 
     # ---- housekeeping ------------------------------------------------------------------------------
 

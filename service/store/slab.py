@@ -17,13 +17,22 @@ Growth: the arrays start small and double, capped at max_sessions, rather than b
 max_sessions up front: at the default 100k sessions a 2-layer LSTM with H = 256 would pin 400 MB per
 loaded version whether or not anyone uses it. Doubling costs an amortized O(1) copy per session, and it
 happens on the event loop between batches, where nothing holds a view of the old arrays (gathers copy).
+
+The memory store's batch read and write are the slab's (`gather_records`, `commit`): a record is still
+current while its row holds the same incarnation (`gen`, owner) at the same seq, checked for the whole
+batch in one vectorized pass.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
+from service.store.base import Committed, Gathered, SessionRecord, Status, StoredAnswer
+
 NO_ANSWER = -1
+_READY, _CONFLICT, _GONE = int(Status.READY), int(Status.CONFLICT), int(Status.GONE)  # plain ints: faster
 
 
 class Partition:
@@ -175,3 +184,78 @@ class Partition:
     def scatter(self, rows: np.ndarray, state: list[np.ndarray]) -> None:
         for s, new in zip(self.states, state, strict=True):
             s[:, rows] = new
+
+    def answer(self, row: int) -> StoredAnswer | None:
+        """The row's stored answer, if any."""
+        seq = int(self.answer_seq[row])
+        response = self.answers.get(row)
+        if seq == NO_ANSWER or response is None:
+            return None
+        return StoredAnswer(seq=seq, fingerprint=int(self.answer_fp[row]), response=response)
+
+    def check(self, records: Sequence[SessionRecord]) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(rows, status per record, all ready): a record is READY while its row still holds the same
+        incarnation at the same seq."""
+        n = len(records)
+        if n == 1:  # a batch of one (low load): numpy scalars are cheaper than tiny vectors
+            r = records[0]
+            live = bool(self.gen[r.row] == r.gen and self.owner[r.row] >= 0)
+            code = _READY if live and self.seq[r.row] == r.seq else _CONFLICT if live else _GONE
+            return np.array([r.row], np.intp), np.array([code], np.int8), code == _READY
+        rows = np.fromiter((r.row for r in records), np.intp, n)
+        gens = np.fromiter((r.gen for r in records), np.uint32, n)
+        seqs = np.fromiter((r.seq for r in records), np.int64, n)
+        live = (self.gen[rows] == gens) & (self.owner[rows] >= 0)
+        same = live & (self.seq[rows] == seqs)
+        if same.all():
+            return rows, np.zeros(n, np.int8), True
+        status = np.where(live, np.int8(_CONFLICT), np.int8(_GONE)).astype(np.int8)
+        status[same] = _READY
+        return rows, status, False
+
+    def _seqs(self, rows: np.ndarray, status: np.ndarray, all_ready: bool) -> np.ndarray:
+        return self.seq[rows] if all_ready else np.where(status != _GONE, self.seq[rows], -1)
+
+    def gather_records(self, records: Sequence[SessionRecord]) -> Gathered:
+        """The store's `gather`: the rows of `records`, and whether each is as its record saw it."""
+        rows, status, all_ready = self.check(records)
+        return Gathered(self.gather(rows), status, self._seqs(rows, status, all_ready), all_ready)
+
+    def commit(
+        self,
+        records: Sequence[SessionRecord],
+        state: Sequence[np.ndarray],
+        events: int,
+        answers: Sequence[StoredAnswer | None],
+        now: float,
+    ) -> Committed:
+        """The store's `commit` (check-and-set per row; `now`: the monotonic time they are used at)."""
+        rows, status, all_ready = self.check(records)
+        row_list = rows.tolist()
+        if all_ready:
+            live, new_state = rows, list(state)
+            stored = [(row, a) for row, a in zip(row_list, answers, strict=True) if a is not None]
+        else:
+            ok = status == _READY
+            live, new_state = rows[ok], [s[:, ok] for s in state]
+            stored = [
+                (row, a)
+                for row, a, good in zip(row_list, answers, ok.tolist(), strict=True)
+                if a is not None and good
+            ]
+        self.scatter(live, new_state)
+        self.seq[live] += events
+        self.last_used[live] = now
+        self.answer_seq[live] = NO_ANSWER
+        if stored:
+            at = np.fromiter((row for row, _ in stored), np.intp, len(stored))
+            self.answer_seq[at] = np.fromiter((a.seq for _, a in stored), np.int64, len(stored))
+            self.answer_fp[at] = np.fromiter((a.fingerprint for _, a in stored), np.uint64, len(stored))
+            self.answers.update((row, a.response) for row, a in stored)
+        committed = Committed(status, self._seqs(rows, status, all_ready), all_ready)
+        if not all_ready:
+            for i in np.flatnonzero(status == _CONFLICT).tolist():
+                answer = self.answer(row_list[i])
+                if answer is not None:
+                    committed.answers[i] = answer
+        return committed
