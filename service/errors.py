@@ -94,6 +94,11 @@ GONE_BY_REASON: dict[str, type[SessionGone]] = {
 }
 
 
+def session_gone(session_id: str, reason: str) -> SessionGone:
+    """The error for a session that ended for `reason` (a key of GONE_BY_REASON), as every store says it."""
+    return GONE_BY_REASON[reason](f"session {session_id} was {reason}", session_id=session_id, reason=reason)
+
+
 class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
 

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from service.errors import (
-    GONE_BY_REASON,
     BadRequest,
     SequenceConflict,
     ServiceError,
     SessionNotFound,
+    session_gone,
 )
 from service.metrics import Metrics
 from service.registry import LoadedModel
@@ -198,9 +198,7 @@ class MemoryStore:
         if packed is None:
             reason = self._gone.reason_for(key, owner_index, now)
             if reason is not None:
-                raise GONE_BY_REASON[reason](
-                    f"session {session_id} was {reason}", session_id=session_id, reason=reason
-                )
+                raise session_gone(session_id, reason)
             raise SessionNotFound(f"no session {session_id}", session_id=session_id)
         part, row = packed >> _ROW_BITS, packed & ((1 << _ROW_BITS) - 1)
         p = self._parts[part]
@@ -208,9 +206,7 @@ class MemoryStore:
             raise SessionNotFound(f"no session {session_id}", session_id=session_id)
         if p.last_used[row] + self.ttl <= now:
             self._end(part, np.array([row]), "expired", now)
-            raise GONE_BY_REASON["expired"](
-                f"session {session_id} was expired", session_id=session_id, reason="expired"
-            )
+            raise session_gone(session_id, "expired")
         return part, row
 
     # ---- lifecycle ---------------------------------------------------------------------------------
@@ -308,9 +304,7 @@ class MemoryStore:
         p = self._parts[record.part]
         if p.gen[record.row] != record.gen or p.owner[record.row] < 0:
             reason = self._gone.reason(session_key(record.session_id)) or "deleted"
-            raise GONE_BY_REASON[reason](
-                f"session {record.session_id} was {reason}", session_id=record.session_id, reason=reason
-            )
+            raise session_gone(record.session_id, reason)
         return p
 
     async def reset(self, record: SessionRecord) -> SessionRecord:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import GONE_BY_REASON, SessionGone, SessionNotFound
+from service.errors import SessionGone, SessionNotFound, session_gone
 from service.store.base import Committed, Gathered, SessionRecord, Status, StoredAnswer
 
 PREFIX = "rnnserve:"
@@ -127,13 +127,8 @@ def decode_record(
 def refusal(session_id: str, reply: Sequence[Any]) -> SessionNotFound | SessionGone:
     """What a script's {'gone', reason} / {'none'} means."""
     if text(reply[0]) == "gone":
-        return gone(session_id, text(reply[1]))
+        return session_gone(session_id, text(reply[1]))
     return SessionNotFound(f"no session {session_id}", session_id=session_id)
-
-
-def gone(session_id: str, reason: str) -> SessionGone:
-    """The error for a tombstone's reason (expired, deleted, evicted, ...)."""
-    return GONE_BY_REASON[reason](f"session {session_id} was {reason}", session_id=session_id, reason=reason)
 
 
 def split_lookups(reply: Any, count: int) -> list[list[str]]:

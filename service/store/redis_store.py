@@ -40,6 +40,7 @@ from service.errors import (
     SessionDeleted,
     SessionGone,
     StoreUnavailable,
+    session_gone,
 )
 from service.metrics import Metrics
 from service.settings import Settings
@@ -62,7 +63,6 @@ from service.store.redis_layout import (
     decode_commit,
     decode_gather,
     decode_record,
-    gone,
     owner_code,
     refusal,
     split_lookups,
@@ -179,7 +179,7 @@ class RedisStore:
             raise SessionDeleted(f"session {sid} ended and its id was reused", session_id=sid)
         if tomb is None:
             raise SessionGone(f"session {sid} has ended", session_id=sid)
-        raise gone(sid, text(tomb).partition("\n")[0])
+        raise session_gone(sid, text(tomb).partition("\n")[0])
 
     def _ended_count(self, part: Partition | None, reason: str, count: int) -> None:
         if self.metrics is not None and part is not None and count:
