@@ -5,7 +5,7 @@
 Verification refuses an artifact (ArtifactError, logged, the others still load) when the manifest does
 not parse, a hash does not match, the manifest disagrees with its own architecture (state shapes, the
 task's tensors), or the ONNX graph's actual inputs, outputs, dtypes and ranks differ from the manifest
-(Triton's habit: declare the contract, check it at load). A new version can be loaded while the others
+(contract.py: declare the contract, check it at load). A new version can be loaded while the others
 serve; the default version of a name is the pinned one (`pin_default`) if any, else the highest one
 not draining, compared numeric-aware ("10" > "9" > "1.2").
 
@@ -24,22 +24,20 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from service import schemas
 from service.anomaly import aux_tensors, stats_floats
+from service.contract import check_contract, check_graph
 from service.errors import ModelNotFound
-from service.manifest import ArtifactError, Manifest, TensorSpec, read_manifest, read_vocab, verify_files
+from service.manifest import ArtifactError, Manifest, read_manifest, read_vocab, verify_files
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-_ORT_DTYPES = {"int64": "tensor(int64)", "float32": "tensor(float)"}
-TASK_OUTPUTS = {"lm": ("log_probs", "log_probs_in"), "sensor": ("mean", "log_var", "mean_in", "log_var_in")}
 
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # the manifest's pattern: no path tricks
@@ -127,68 +125,6 @@ class LoadedModel:
         return result
 
 
-def _check_contract(manifest: Manifest) -> None:
-    """The manifest agrees with the graph contract of training/export.py for its task and cell."""
-    layers, hidden = manifest.state_shape
-    onnx = manifest.onnx
-    inputs = {t.name: t for t in onnx.inputs}
-    outputs = {t.name: t for t in onnx.outputs}
-    x = inputs.get("x")
-    if manifest.task == "lm":
-        want_x = TensorSpec(name="x", dtype="int64", shape=["B", "T"])
-    else:
-        want_x = TensorSpec(name="x", dtype="float32", shape=["B", "T", manifest.architecture.input_size])
-    if x != want_x:
-        raise ArtifactError(f"input x is {x}, the {manifest.task} contract needs {want_x}")
-    for state in onnx.states:
-        if state.shape != [layers, "B", hidden]:
-            raise ArtifactError(
-                f"state {state.input} has shape {state.shape}, expected [{layers}, 'B', {hidden}]"
-            )
-        for name, table in ((state.input, inputs), (state.output, outputs)):
-            spec = table.get(name)
-            if spec is None or spec.dtype != "float32" or spec.shape != state.shape:
-                raise ArtifactError(f"state tensor {name} is {spec}, expected float32 {state.shape}")
-    missing = [n for n in TASK_OUTPUTS[manifest.task] if n not in outputs]
-    if missing:
-        raise ArtifactError(f"a {manifest.task} graph needs outputs {missing}")
-    if set(inputs) != {"x", *(s.input for s in onnx.states)}:
-        raise ArtifactError(f"inputs {sorted(inputs)} are not x and the state inputs")
-
-
-def _dims_agree(declared: list[int | str], actual: list[Any]) -> bool:
-    if len(declared) != len(actual):
-        return False
-    for want, got in zip(declared, actual, strict=True):
-        fixed = isinstance(got, int) and not isinstance(got, bool)
-        if isinstance(want, int) and fixed and got != want:
-            return False  # ORT names a fixed dim it could not infer; a concrete one must match
-        if isinstance(want, str) and fixed:
-            return False  # the manifest says dynamic (B or T), the graph fixed it
-    return True
-
-
-def _check_graph(manifest: Manifest, session: ort.InferenceSession) -> None:
-    """The graph's real inputs and outputs match the manifest: names, dtypes, ranks, fixed dims."""
-    for kind, declared, actual in (
-        ("input", manifest.onnx.inputs, session.get_inputs()),
-        ("output", manifest.onnx.outputs, session.get_outputs()),
-    ):
-        graph = {a.name: a for a in actual}
-        if kind == "input" and set(graph) != {t.name for t in declared}:
-            raise ArtifactError(
-                f"graph inputs {sorted(graph)} differ from the manifest's {sorted(t.name for t in declared)}"
-            )
-        for spec in declared:
-            node = graph.get(spec.name)
-            if node is None:
-                raise ArtifactError(f"the manifest's {kind} {spec.name!r} is not in the graph")
-            if node.type != _ORT_DTYPES[spec.dtype]:
-                raise ArtifactError(f"{kind} {spec.name}: graph type {node.type}, manifest {spec.dtype}")
-            if not _dims_agree(list(spec.shape), list(node.shape)):
-                raise ArtifactError(f"{kind} {spec.name}: graph shape {node.shape}, manifest {spec.shape}")
-
-
 def _providers(requested: list[str]) -> list[str]:
     available = set(ort.get_available_providers())
     chosen = []
@@ -212,7 +148,7 @@ def load_artifact(path: Path, settings: Settings) -> LoadedModel:
         )
     verify_files(path, manifest)
     try:
-        _check_contract(manifest)
+        check_contract(manifest)
     except ArtifactError as exc:
         raise ArtifactError(f"{path}: {exc}") from None
     options = ort.SessionOptions()
@@ -225,7 +161,7 @@ def load_artifact(path: Path, settings: Settings) -> LoadedModel:
     except Exception as exc:  # ORT raises its own exception types for unreadable graphs
         raise ArtifactError(f"{path}: ONNX Runtime cannot load the graph ({exc})") from exc
     try:
-        _check_graph(manifest, session)
+        check_graph(manifest, session)
     except ArtifactError as exc:
         raise ArtifactError(f"{path}: {exc}") from None
     model = LoadedModel(manifest=manifest, path=path, session=session)

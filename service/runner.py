@@ -35,8 +35,9 @@ import numpy as np
 
 from service.anomaly import SessionStats, pack, unpack
 from service.batcher import Timed
+from service.contract import TASK_OUTPUTS
 from service.errors import StoreUnavailable
-from service.registry import TASK_OUTPUTS, LoadedModel
+from service.registry import LoadedModel
 from service.store.base import Gathered, SessionRecord, SessionStore, Status, StoredAnswer
 
 
