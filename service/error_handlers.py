@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from http import HTTPStatus
 from typing import Any
 
@@ -92,6 +93,9 @@ def json_object(raw: str | bytes, what: str) -> dict[str, Any]:
         raise BadRequest(f"{what} is not valid JSON ({exc})") from None
     except RecursionError:
         raise BadRequest(f"{what} nests arrays or objects too deeply") from None
+    except ValueError:  # Python refuses to read integers of more digits than this (CVE-2020-10735)
+        digits = sys.get_int_max_str_digits()
+        raise BadRequest(f"{what} holds an integer of more than {digits} digits") from None
     if not isinstance(body, dict):
         raise BadRequest(f"{what} must be a JSON object")
     return body

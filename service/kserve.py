@@ -38,6 +38,7 @@ import numpy as np
 
 from service import schemas, v2_sequence
 from service.errors import BadRequest, InvalidInput, ModelNotFound
+from service.predictors.base import check_event_count
 from service.registry import LoadedModel
 from service.sessions import SessionManager
 from service.v2_tensors import Tensor, decode_values
@@ -72,8 +73,12 @@ class InferResult:
     outputs: list[tuple[Tensor, bool]]
 
 
-def decode_input(request: dict[str, Any], tail: bytes, task: str) -> np.ndarray | str:
-    """The request's one input: `x` (checked for datatype, shape and size), or an lm's TEXT string."""
+def decode_input(request: dict[str, Any], tail: bytes, task: str, max_events: int) -> np.ndarray | str:
+    """The request's one input: `x` (checked for datatype, shape and size), or an lm's TEXT string.
+
+    The number of events (x's second dimension) is checked against `max_events` before any value is
+    read: a shape such as [1, 2^31, 0] holds no values, so its size matches empty data, and decoding it
+    would build billions of empty readings."""
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         names = "`x` or `TEXT`" if task == "lm" else "`x`"
@@ -112,6 +117,7 @@ def decode_input(request: dict[str, Any], tail: bytes, task: str) -> np.ndarray 
             "must be 1; the server batches the steps of many sequences itself",
             shape=shape,
         )
+    check_event_count(shape[1], max_events)
     return decode_values(datatype, shape, spec.get("data"), raw, "input x")
 
 
@@ -212,7 +218,7 @@ async def infer(
     model = manager.registry.get(name, version)
     request_id = request_id_of(request)
     params = v2_sequence.sequence_params(request.get("parameters"))
-    x = decode_input(request, tail, model.task)
+    x = decode_input(request, tail, model.task, manager.settings.max_events_per_request)
     wanted = requested_outputs(request, model.task)
     top_k = (request.get("parameters") or {}).get("top_k", DEFAULT_TOP_K)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
