@@ -28,6 +28,7 @@ from service import stepping
 from service.error_handlers import error_json
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceError
 from service.predictors.base import Decoded
+from service.schemas import is_text
 from service.store import SessionRecord
 from service.turns import Turns
 
@@ -61,6 +62,18 @@ def _ok(session_id: str, answer: bytes) -> bytes:
     return b'{"session_id":' + orjson.dumps(session_id) + b"," + answer[1:]
 
 
+def _bad_step(i: int, step: object) -> InvalidInput:
+    """Why step i names no session: not an object, no `session_id` string, or one that is not text (a
+    lone surrogate or a control character: no session has such an id, and the answer could not echo it)."""
+    if not isinstance(step, dict):
+        what = f"not {type(step).__name__}"
+    elif isinstance(step.get("session_id"), str) and step["session_id"]:
+        what = "this `session_id` holds a lone surrogate or a control character"
+    else:
+        what = "an object"
+    return InvalidInput(f"step {i}: each step is an object with a `session_id` string ({what})", index=i)
+
+
 def _failed(session_id: str | None, error: ServiceError) -> bytes:
     return b'{"session_id":' + orjson.dumps(session_id) + b"," + error_json(error).encode()[1:]
 
@@ -83,14 +96,8 @@ class BulkSteps:
         seen: set[str] = set()
         for i, step in enumerate(steps):
             session_id = step.get("session_id") if isinstance(step, dict) else None
-            if type(session_id) is not str or not session_id:
-                what = "an object" if isinstance(step, dict) else f"not {type(step).__name__}"
-                results[i] = _failed(
-                    session_id if isinstance(session_id, str) else None,
-                    InvalidInput(
-                        f"step {i}: each step is an object with a `session_id` string ({what})", index=i
-                    ),
-                )
+            if type(session_id) is not str or not session_id or not is_text(session_id):
+                results[i] = _failed(None, _bad_step(i, step))
                 continue
             payload = {k: v for k, v in step.items() if k != "session_id"}
             if session_id not in seen and self.turns.try_acquire(session_id):

@@ -9,18 +9,16 @@ The work is in `service.bulk`; the WebSocket checks auth once at connect, as the
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Response, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Body, Response, WebSocket
 
 from service import schemas
 from service.deps import ManagerDep, OwnerDep, authenticator_of, manager_of
-from service.error_handlers import error_json, json_object
-from service.errors import ServiceError, ShuttingDown
-from service.metrics import Metrics
+from service.error_handlers import json_object
+from service.errors import ServiceError
 from service.routes import SESSION_ERRORS
-from service.routes.stream import CLOSE_SERVICE_RESTART, refuse
+from service.routes.stream import refuse, serve_messages
 
 router = APIRouter(tags=["sessions"], responses=SESSION_ERRORS)
 STREAM_ROUTE = "/v1/stream"
@@ -68,28 +66,8 @@ async def stream(websocket: WebSocket, token: str | None = None) -> None:
         await refuse(websocket, error)
         return
     await websocket.accept()
-    metrics: Metrics = websocket.app.state.metrics
-    try:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            started, status = time.perf_counter(), 500
-            try:
-                text = message.get("text")
-                raw = text if text is not None else message.get("bytes") or b""
-                content = await manager.steps_json(owner, json_object(raw, "the message (a steps body)"))
-                status = 200
-                await websocket.send_text(content.decode())
-            except ServiceError as error:
-                status = error.status
-                await websocket.send_text(error_json(error))
-                if isinstance(error, ShuttingDown):
-                    await websocket.close(code=CLOSE_SERVICE_RESTART, reason=error.code)
-                    return
-            finally:
-                counter, latency = metrics.request_children("WS", STREAM_ROUTE, status)
-                counter.inc()
-                latency.observe(time.perf_counter() - started)
-    except WebSocketDisconnect:
-        return
+
+    async def answer(raw: str | bytes) -> bytes:
+        return await manager.steps_json(owner, json_object(raw, "the message (a steps body)"))
+
+    await serve_messages(websocket, STREAM_ROUTE, answer, "the bulk stream")

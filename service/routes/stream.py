@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
@@ -31,7 +30,6 @@ from service.deps import authenticator_of, manager_of
 from service.error_handlers import error_json, internal_error, json_object
 from service.errors import ServiceError, ShuttingDown
 from service.metrics import Metrics
-from service.sessions import SessionManager
 
 router = APIRouter(tags=["sessions"])
 ROUTE = "/v1/sessions/{session_id}/stream"
@@ -39,12 +37,6 @@ CLOSE_SERVICE_RESTART = 1012
 CLOSE_INTERNAL_ERROR = 1011
 
 log = logging.getLogger("rnnserve.errors")
-
-
-def _parse(message: Mapping[str, Any]) -> dict[str, Any]:
-    text = message.get("text")
-    raw = text if text is not None else message.get("bytes") or b""
-    return json_object(raw, "the message (an events body)")
 
 
 async def refuse(websocket: WebSocket, error: ServiceError) -> None:
@@ -63,47 +55,46 @@ async def stream(websocket: WebSocket, session_id: str, token: str | None = None
         await refuse(websocket, error)
         return
     await websocket.accept()
+
+    async def answer(raw: str | bytes) -> bytes:
+        return await manager.step_json(session_id, owner, json_object(raw, "the message (an events body)"))
+
+    await serve_messages(websocket, ROUTE, answer, f"the stream of session {session_id}")
+
+
+async def serve_messages(
+    websocket: WebSocket, route: str, answer: Callable[[str | bytes], Awaitable[bytes]], what: str
+) -> None:
+    """Answer an accepted WebSocket's messages in order until the client leaves: each message's reply
+    is `answer(message)` or the error shape. Shared by both streams, so that both close alike: 1012
+    when the server shuts down, 1011 after a bug (the error is logged, and the client is told)."""
     metrics: Metrics = websocket.app.state.metrics
     try:
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            if not await _answer(websocket, manager, metrics, session_id, owner, message):
-                return
+            started, status = time.perf_counter(), 500
+            try:
+                text = message.get("text")
+                content = await answer(text if text is not None else message.get("bytes") or b"")
+                status = 200
+                await websocket.send_text(content.decode())
+            except ServiceError as error:
+                status = error.status
+                await websocket.send_text(error_json(error))
+                if isinstance(error, ShuttingDown):
+                    await websocket.close(code=CLOSE_SERVICE_RESTART, reason=error.code)
+                    return
+            finally:
+                counter, latency = metrics.request_children("WS", route, status)
+                counter.inc()
+                latency.observe(time.perf_counter() - started)
     except WebSocketDisconnect:
         return
     except Exception:
         request_id = websocket.scope.get("state", {}).get("request_id", "")
-        log.exception("unhandled error in the stream of session %s", session_id)
+        log.exception("unhandled error in %s", what)
         if websocket.application_state == WebSocketState.CONNECTED:
             await websocket.send_text(error_json(internal_error(request_id)))
             await websocket.close(code=CLOSE_INTERNAL_ERROR)
-
-
-async def _answer(
-    websocket: WebSocket,
-    manager: SessionManager,
-    metrics: Metrics,
-    session_id: str,
-    owner: str | None,
-    message: Mapping[str, Any],
-) -> bool:
-    """Apply one message and send its reply; False when the stream must end (server shutting down)."""
-    started = time.perf_counter()
-    status = 500
-    try:
-        content = await manager.step_json(session_id, owner, _parse(message))
-        status = 200
-        await websocket.send_text(content.decode())
-    except ServiceError as error:
-        status = error.status
-        await websocket.send_text(error_json(error))
-        if isinstance(error, ShuttingDown):
-            await websocket.close(code=CLOSE_SERVICE_RESTART, reason=error.code)
-            return False
-    finally:
-        counter, latency = metrics.request_children("WS", ROUTE, status)
-        counter.inc()
-        latency.observe(time.perf_counter() - started)
-    return True
