@@ -9,8 +9,9 @@ import time
 
 import httpx
 import pytest
-from e2e_support import ServerProcess
+from e2e_support import ServerProcess, auth
 from test_e2e_websocket import open_stream
+from websockets.sync.client import connect
 
 pytestmark = pytest.mark.e2e
 
@@ -27,6 +28,7 @@ BAD_LM_BODIES = [
     b'{"tokens": ["w1"], "seq": "1"}',
     b'{"tokens": ' + b"[" * DEEP + b"]" * DEEP + b"}",
     b"[" * 5000 + b"]" * 5000,  # deeper than the JSON parser recurses
+    b'{"tokens": ["w1"], "seq": ' + b"9" * 5000 + b"}",  # more digits than Python reads (was 1011 / 500)
 ]
 BAD_GENERATE_BODIES = [
     b'{"seed": -1}',
@@ -99,6 +101,9 @@ def test_v2_refuses_hostile_requests_and_moves_no_sequence(client: httpx.Client)
         x("[2]", sequence_id="hostile", sequence_end=True, top_k=-1),
         x("[2]", sequence_id="hostile", seq=5),
         x("[2]", sequence_id="hostile").replace(b"{", b'{"id": "\\ud800", ', 1),
+        x("[" + "2" * 5000 + "]", sequence_id="hostile"),  # was 500: more digits than Python reads
+        # was a hang: no values, so empty data matched, then 2^31 empty events were built
+        x("[]", sequence_id="hostile").replace(b"[1, 1]", b"[1, 2147483648]"),
     ]
     for body in bad:
         response = v2(client, body)
@@ -117,3 +122,26 @@ def test_v2_refuses_hostile_requests_and_moves_no_sequence(client: httpx.Client)
     going = v2(client, x("[3]", sequence_id="hostile", seq=1))
     assert going.status_code == 200 and going.json()["parameters"]["seq"] == 2, going.text
     assert v2(client, x("[3]", sequence_id="hostile", seq=1)).json() == going.json()  # a retry: replayed
+
+
+def test_bulk_refuses_a_session_id_that_is_not_text(server: ServerProcess, client: httpx.Client) -> None:
+    """A lone surrogate in a step's session_id failed the whole answer (500; the bulk WebSocket dropped
+    without a close frame): the step alone is refused, and the others apply."""
+    session, _ = session_at_one(client)
+    body = (
+        b'{"steps": [{"session_id": "\\ud800", "tokens": ["w1"]}, {"session_id": "%s", "seq": 1, '
+        % (session.encode())
+        + b'"tokens": ["w2"]}, {"session_id": "\\u0001", "tokens": ["w1"]}]}'
+    )
+    response = client.post("/v1/steps", content=body, headers=JSON)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r.get("error", {}).get("code") for r in results] == ["invalid_input", None, "invalid_input"]
+    assert results[1]["seq"] == 2
+    with connect(
+        f"{server.url.replace('http://', 'ws://')}/v1/stream", additional_headers=auth(), proxy=None
+    ) as ws:
+        ws.send(body.decode().replace('"seq": 1', '"seq": 2'))
+        results = json.loads(ws.recv(timeout=30))["results"]
+    assert [r.get("error", {}).get("code") for r in results] == ["invalid_input", None, "invalid_input"]
+    assert results[1]["seq"] == 3
