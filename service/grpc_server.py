@@ -24,17 +24,18 @@ import logging
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from starlette.datastructures import State
 
 from service import kserve, triton_config
 from service.auth import Authenticator
 from service.deps import bearer_owner, manager_of_state
-from service.errors import InvalidInput, SequenceConflict, ServiceError
+from service.errors import BadRequest, InvalidInput, SequenceConflict, ServiceError
 from service.grpc_proto import kserve_v2_pb2 as pb
 from service.routes.kserve import EXTENSIONS
 from service.sessions import SessionManager
@@ -205,6 +206,7 @@ class InferenceService:
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
     async def _infer(self, request: Any, owner: str | None) -> Any:
+        _check_parsed(request)
         body, tail = request_to_v2(request)
         name, version = request.model_name, request.model_version or None
         result = await kserve.infer(self.manager, owner, name, version, body, tail)
@@ -246,6 +248,7 @@ class InferenceService:
             started = time.perf_counter()
             status = 200
             try:
+                _check_parsed(request)
                 return await handler(request, context)
             except ServiceError as error:
                 status = error.status
@@ -283,17 +286,42 @@ class InferenceService:
         methods = {
             name: grpc.unary_unary_rpc_method_handler(
                 self._unary(name, handler),
-                request_deserializer=message.FromString,
+                request_deserializer=_deserializer(message),
                 response_serializer=_serialize,
             )
             for name, (handler, message) in unary.items()
         }
         methods["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
             self._stream(self.model_stream_infer),
-            request_deserializer=pb.ModelInferRequest.FromString,
+            request_deserializer=_deserializer(pb.ModelInferRequest),
             response_serializer=_serialize,
         )
         return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A request whose bytes are not the method's protobuf message. grpcio answers a deserializer's
+    exception with UNKNOWN; this stands in for the message so that the handler answers
+    INVALID_ARGUMENT (and, in a stream, that request's error while the stream goes on)."""
+
+    message_type: str
+    id: str = ""  # as ModelInferRequest.id, which a stream's error answer echoes
+
+
+def _deserializer(message: type[Message]) -> Callable[[bytes], Message | Malformed]:
+    def parse(raw: bytes) -> Message | Malformed:
+        try:
+            return message.FromString(raw)
+        except DecodeError:
+            return Malformed(message.DESCRIPTOR.full_name)
+
+    return parse
+
+
+def _check_parsed(request: Any) -> None:
+    if isinstance(request, Malformed):
+        raise BadRequest(f"the request is not a valid {request.message_type} protobuf message")
 
 
 def _serialize(message: Message) -> bytes:
