@@ -70,3 +70,23 @@ def start_server(tiny_models_dir: Path, tmp_path: Path) -> Iterator[StartServer]
     yield start
     for process in started:
         assert process.stop() == 0, process.log()
+
+
+@pytest.fixture(scope="session")
+def hostile_server(
+    tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """The transport fuzz tests' own server (the shared server's log stays theirs): at the end, its log
+    must show no traceback, so that an error the fuzzing provoked cannot pass unseen behind a 4xx."""
+    process = ServerProcess(
+        tiny_models_dir,
+        tmp_path_factory.mktemp("hostile"),
+        api_keys=",".join(KEYS),
+        max_events_per_request=str(MAX_EVENTS),
+        max_body_bytes=str(MAX_BODY),
+        max_top_k=str(MAX_TOP_K),
+        max_steps_per_request=str(MAX_STEPS),
+    ).wait_ready()
+    yield process
+    assert process.stop() == 0, process.log()
+    assert "Traceback" not in process.log(), process.log()[-20000:]
