@@ -34,7 +34,8 @@ import numpy as np
 
 from benchmarks import cost, limit, memory, training_bench
 from benchmarks.config import SuiteConfig
-from benchmarks.loadgen import LoadSpec, create_sessions, interleaved, run_async, run_load
+from benchmarks.interleave import interleaved
+from benchmarks.loadgen import LoadSpec, create_sessions, run_async, run_load
 from benchmarks.models import Artifact, prepare_models
 from benchmarks.payloads import event_bodies, session_body
 from benchmarks.servers import (
