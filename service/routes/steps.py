@@ -14,11 +14,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Response, WebSocket
 
 from service import schemas
-from service.deps import ManagerDep, OwnerDep, authenticator_of, manager_of
+from service.deps import ManagerDep, OwnerDep
 from service.error_handlers import json_object
-from service.errors import ServiceError
 from service.routes import SESSION_ERRORS
-from service.routes.stream import refuse, serve_messages
+from service.routes.stream import accept, serve_messages
+from service.sessions import SessionManager
 
 router = APIRouter(tags=["sessions"], responses=SESSION_ERRORS)
 STREAM_ROUTE = "/v1/stream"
@@ -56,16 +56,16 @@ async def steps(body: StepsBody, owner: OwnerDep, manager: ManagerDep) -> Respon
     return Response(await manager.steps_json(owner, body), media_type="application/json")
 
 
+async def _check_open(manager: SessionManager, owner: str | None) -> None:
+    manager.check_open()  # no session to look up: each message names its sessions
+
+
 @router.websocket(STREAM_ROUTE)
 async def stream(websocket: WebSocket, token: str | None = None) -> None:
-    try:
-        owner = authenticator_of(websocket).owner(websocket.headers.get("authorization"), token)
-        manager = manager_of(websocket)
-        manager.check_open()
-    except ServiceError as error:
-        await refuse(websocket, error)
+    opened = await accept(websocket, token, _check_open)
+    if opened is None:
         return
-    await websocket.accept()
+    manager, owner = opened
 
     async def answer(raw: str | bytes) -> bytes:
         return await manager.steps_json(owner, json_object(raw, "the message (a steps body)"))

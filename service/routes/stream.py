@@ -30,6 +30,7 @@ from service.deps import authenticator_of, manager_of
 from service.error_handlers import error_json, internal_error, json_object
 from service.errors import ServiceError, ShuttingDown
 from service.metrics import Metrics
+from service.sessions import SessionManager
 
 router = APIRouter(tags=["sessions"])
 ROUTE = "/v1/sessions/{session_id}/stream"
@@ -45,16 +46,32 @@ async def refuse(websocket: WebSocket, error: ServiceError) -> None:
     await websocket.close(code=4000 + error.status, reason=error.code)
 
 
-@router.websocket(ROUTE)
-async def stream(websocket: WebSocket, session_id: str, token: str | None = None) -> None:
+# the route's own check before its stream starts, given the manager and the caller's owner id
+OpenCheck = Callable[[SessionManager, str | None], Awaitable[object]]
+
+
+async def accept(
+    websocket: WebSocket, token: str | None, check: OpenCheck
+) -> tuple[SessionManager, str | None] | None:
+    """Start a stream: auth (header or `?token=`), a ready manager, then the route's `check`; accepted:
+    (manager, owner). Anything refused is answered by `refuse` (close 4000 + status) and gives None."""
     try:
         owner = authenticator_of(websocket).owner(websocket.headers.get("authorization"), token)
         manager = manager_of(websocket)
-        await manager.get(session_id, owner)
+        await check(manager, owner)
     except ServiceError as error:
         await refuse(websocket, error)
-        return
+        return None
     await websocket.accept()
+    return manager, owner
+
+
+@router.websocket(ROUTE)
+async def stream(websocket: WebSocket, session_id: str, token: str | None = None) -> None:
+    opened = await accept(websocket, token, lambda manager, owner: manager.get(session_id, owner))
+    if opened is None:
+        return
+    manager, owner = opened
 
     async def answer(raw: str | bytes) -> bytes:
         return await manager.step_json(session_id, owner, json_object(raw, "the message (an events body)"))
