@@ -185,9 +185,14 @@ class SessionStore(Protocol):
         session_id: str | None = None,
         seq: int = 0,
         state: Sequence[np.ndarray] | None = None,
+        answer: StoredAnswer | None = None,
+        replace: bool = False,
     ) -> SessionRecord:
-        """A new session (zero state unless `state`, per state tensor [L, H]); CapacityExceeded (429)
-        at max_sessions with policy reject, LRU eviction with policy evict; BadRequest for an id in use."""
+        """A new session (zero state unless `state`, per state tensor [L, H]; `answer`: its stored
+        answer); CapacityExceeded (429) at max_sessions with policy reject, LRU eviction with policy
+        evict; BadRequest for an id in use. `replace`: a live session of the same owner under
+        `session_id` ends (reason deleted) in the same atomic step, once the new one is sure to fit
+        (its room counts when on the same version): a create that is refused leaves it as it was."""
         ...
 
     async def lookup(self, session_id: str, owner: str | None, *, touch: bool = True) -> SessionRecord:

@@ -27,6 +27,7 @@ from service.errors import (
     BadRequest,
     SequenceConflict,
     ServiceError,
+    SessionGone,
     SessionNotFound,
     session_gone,
 )
@@ -219,8 +220,12 @@ class MemoryStore:
         session_id: str | None = None,
         seq: int = 0,
         state: Sequence[np.ndarray] | None = None,
+        answer: StoredAnswer | None = None,
+        replace: bool = False,
     ) -> SessionRecord:
-        return self.create_now(model_key, owner, session_id=session_id, seq=seq, state=state)
+        return self.create_now(
+            model_key, owner, session_id=session_id, seq=seq, state=state, answer=answer, replace=replace
+        )
 
     def create_now(
         self,
@@ -230,21 +235,65 @@ class MemoryStore:
         session_id: str | None = None,
         seq: int = 0,
         state: Sequence[np.ndarray] | None = None,
+        answer: StoredAnswer | None = None,
+        replace: bool = False,
     ) -> SessionRecord:
-        """`create`, synchronously (this backend never waits)."""
+        """`create`, synchronously (this backend never waits): nothing else runs between ending the
+        session it replaces and making the new one."""
         part = self._part_by_key[model_key]
         p = self._parts[part]
         now = self.clock()
+        old: tuple[int, int] | None = None
         if session_id is not None:
             check_session_id(session_id)
             key = session_key(session_id)
-            if key in self._index:
-                raise BadRequest(f"session id {session_id} is in use", session_id=session_id)
-            self._gone.discard(key)
+            old = self._replaced(session_id, owner, now, replace)
         else:
             key = secrets.token_bytes(16)
             while key in self._index or key in self._gone:
                 key = secrets.token_bytes(16)
+        if old is not None and old[0] == part:  # its row is room for the new one: ending it first
+            self._end(part, np.array([old[1]]), "deleted", now)  # cannot leave the create refused
+            old = None
+        row = self._allocate(model_key, now)
+        if old is not None:  # on another version: ended only now that the new one has its row
+            self._end(old[0], np.array([old[1]]), "deleted", now)
+        self._gone.discard(key)
+        p.init_row(
+            row,
+            key,
+            self._owner(owner),
+            seq,
+            self.wall_offset + now,
+            now,
+            None if state is None else list(state),
+            answer,
+        )
+        self._index[key] = (part << _ROW_BITS) | row
+        self._update_gauges(p)
+        return self._record(part, row)
+
+    def _replaced(
+        self, session_id: str, owner: str | None, now: float, replace: bool
+    ) -> tuple[int, int] | None:
+        """(part, row) of the live session that a create under `session_id` replaces; None when the id
+        is free; BadRequest when it is in use (by another owner, or without `replace`)."""
+        if session_key(session_id) not in self._index:
+            return None
+        if replace:
+            try:
+                return self._locate(session_id, owner, now)
+            except SessionGone:  # it had expired: ended just now, the id is free
+                return None
+            except SessionNotFound:  # another owner's
+                pass
+        raise BadRequest(f"session id {session_id} is in use", session_id=session_id)
+
+    def _allocate(self, model_key: str, now: float) -> int:
+        """A free row of the version's partition: expired sessions end to make room, then (policy
+        evict) the least recently used one; CapacityExceeded when none is left (policy reject)."""
+        part = self._part_by_key[model_key]
+        p = self._parts[part]
         row = p.allocate()
         if row is None:
             self._end(part, p.idle_rows(now - self.ttl), "expired", now)
@@ -257,18 +306,7 @@ class MemoryStore:
         if row is None:
             oldest = float(p.last_used[p.live_rows()].min()) if p.live else now
             raise at_capacity(model_key, p.max_rows, oldest + self.ttl - now)
-        p.init_row(
-            row,
-            key,
-            self._owner(owner),
-            seq,
-            self.wall_offset + now,
-            now,
-            None if state is None else list(state),
-        )
-        self._index[key] = (part << _ROW_BITS) | row
-        self._update_gauges(p)
-        return self._record(part, row)
+        return row
 
     async def lookup(self, session_id: str, owner: str | None, *, touch: bool = True) -> SessionRecord:
         now = self.clock()

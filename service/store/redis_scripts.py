@@ -76,44 +76,55 @@ return table.concat(out, '\30')
 )
 
 # KEYS s, g, z | ARGV model, owner, incarnation, seq, state, ttl ms, gone ms, max sessions,
-# policy (reject|evict), s: prefix, g: prefix, id
-# -> {'ok', c, u, expired, evicted, live} | {'inuse'} | {'full', oldest u, now, expired}
+# policy (reject|evict), s: prefix, g: prefix, id, replace (1/0), z: prefix, answer seq (-1: none),
+# answer fingerprint, answer response
+# -> {'ok', c, u, expired, evicted, live, model of the session replaced ('' none)} | {'inuse'}
+#    | {'full', oldest u, now, expired}
+# With replace, a live session of the same owner under the id ends (reason deleted: the id lives on,
+# so no tombstone) in this same step, and only once the new one fits: a refused create leaves it as
+# it was. On the same version its room counts for the new one.
 CREATE = (
     _WRITES
     + _NOW
     + r"""
 local ttl, gone, max = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local now = now_ms()
-local cur = redis.call('HMGET', KEYS[1], 'i', 'c', 'u')
+local cur = redis.call('HMGET', KEYS[1], 'i', 'c', 'u', 'o', 'm')
+local old = nil
 if cur[1] then
   if cur[1] == ARGV[3] then  -- this very create, sent again after its reply was lost
-    return {'ok', cur[2], cur[3], 0, 0, redis.call('ZCARD', KEYS[3])}
+    return {'ok', cur[2], cur[3], 0, 0, redis.call('ZCARD', KEYS[3]), ''}
   end
-  return {'inuse'}
+  if ARGV[13] ~= '1' or cur[4] ~= ARGV[2] then return {'inuse'} end
+  old = cur[5]
 end
 local expired = redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl)
 local live = redis.call('ZCARD', KEYS[3])
+if old == ARGV[1] and redis.call('ZSCORE', KEYS[3], ARGV[12]) then live = live - 1 end
+if live >= max and ARGV[9] ~= 'evict' then
+  local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  return {'full', oldest[2] or now, now, expired}
+end
+if old then  -- the new session fits: the one it replaces ends now
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', ARGV[14] .. old, ARGV[12])
+end
 local evicted = 0
-if live >= max then
-  if ARGV[9] ~= 'evict' then
-    local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-    return {'full', oldest[2] or now, now, expired}
+while live >= max do
+  local victim = redis.call('ZPOPMIN', KEYS[3])
+  if #victim == 0 then break end
+  local vs = ARGV[10] .. victim[1]
+  local owner = redis.call('HGET', vs, 'o')
+  if owner then
+    redis.call('DEL', vs)
+    if gone > 0 then redis.call('SET', ARGV[11] .. victim[1], 'evicted\n' .. owner, 'PX', gone) end
+    evicted = evicted + 1
   end
-  while live >= max do
-    local victim = redis.call('ZPOPMIN', KEYS[3])
-    if #victim == 0 then break end
-    local vs = ARGV[10] .. victim[1]
-    local owner = redis.call('HGET', vs, 'o')
-    if owner then
-      redis.call('DEL', vs)
-      if gone > 0 then redis.call('SET', ARGV[11] .. victim[1], 'evicted\n' .. owner, 'PX', gone) end
-      evicted = evicted + 1
-    end
-    live = live - 1
-  end
+  live = live - 1
 end
 redis.call('HSET', KEYS[1], 'm', ARGV[1], 'o', ARGV[2], 'i', ARGV[3], 'q', ARGV[4], 'c', now, 'u', now,
-           'x', ARGV[5], 'a', '-1')
+           'x', ARGV[5], 'a', ARGV[15])
+if ARGV[15] ~= '-1' then redis.call('HSET', KEYS[1], 'f', ARGV[16], 'r', ARGV[17]) end
 redis.call('PEXPIRE', KEYS[1], ttl)
 if gone > 0 then
   redis.call('SET', KEYS[2], 'expired\n' .. ARGV[2], 'PX', ttl + gone)
@@ -121,7 +132,7 @@ else
   redis.call('DEL', KEYS[2])
 end
 redis.call('ZADD', KEYS[3], now, ARGV[12])
-return {'ok', now, now, expired, evicted, live + 1}
+return {'ok', now, now, expired, evicted, live + 1, old or ''}
 """
 )
 

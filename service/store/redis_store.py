@@ -200,6 +200,8 @@ class RedisStore:
         session_id: str | None = None,
         seq: int = 0,
         state: Sequence[np.ndarray] | None = None,
+        answer: StoredAnswer | None = None,
+        replace: bool = False,
     ) -> SessionRecord:
         part = self._parts[self._part_by_key[model_key]]
         chosen = session_id is not None
@@ -226,6 +228,13 @@ class RedisStore:
                         self.keys.s,
                         self.keys.g,
                         sid,
+                        1 if replace else 0,
+                        self.keys.z,
+                        *(
+                            (-1, 0, b"")
+                            if answer is None
+                            else (answer.seq, answer.fingerprint, answer.response)
+                        ),
                     ],
                 )
             kind = text(reply[0])
@@ -233,6 +242,10 @@ class RedisStore:
                 self._ended_count(part, "expired", int(reply[3]))
                 self._ended_count(part, "evicted", int(reply[4]))
                 self._gauges(part, int(reply[5]))
+                replaced = text(reply[6])
+                if replaced:
+                    index = self._part_by_key.get(replaced)
+                    self._ended_count(self._parts[index] if index is not None else None, "deleted", 1)
                 return self._record(sid, [model_key, gen, seq, reply[1], reply[2]])
             if kind == "full":
                 self._ended_count(part, "expired", int(reply[3]))

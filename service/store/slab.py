@@ -144,12 +144,16 @@ class Partition:
         created: float,
         now: float,
         state: list[np.ndarray] | None,
+        answer: StoredAnswer | None = None,
     ) -> None:
         for k, s in enumerate(self.states):
             s[:, row] = 0.0 if state is None else state[k]
         self.ids[row] = key
         self.owner[row], self.seq[row], self.created[row], self.last_used[row] = owner, seq, created, now
         self.answer_seq[row] = NO_ANSWER
+        if answer is not None:
+            self.answer_seq[row], self.answer_fp[row] = answer.seq, answer.fingerprint
+            self.answers[row] = answer.response
 
     def release(self, rows: np.ndarray) -> None:
         """Free rows (vectorized): owner -1, generation bumped, back on the free stack."""
