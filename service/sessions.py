@@ -10,9 +10,9 @@ pieces `step_locked` and bulk ingest (bulk.py) share. Requests for one session a
 time in arrival order (`Turns`) within this process.
 
 KServe V2 with Triton's sequence extension (client-chosen `sequence_id`): use `sequence_session_id` to
-map (sequence_id, owner) to this manager's session id (owners never collide), `start_sequence` for
-`sequence_start` (it replaces a live sequence of that id), `step`/`generate` with the mapped id, and
-`delete` for `sequence_end`. Plain REST clients get server-chosen 128-bit ids from `create`.
+map (sequence_id, owner) to this manager's session id (owners never collide); v2_sequence.py starts
+sequences itself (`serve_new`, `turn`, the store's replacing create), steps them with `step` and ends
+them with `end=True`. Plain REST clients get server-chosen 128-bit ids from `create`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -236,15 +236,19 @@ class SessionManager:
             state, seq = decode_snapshot(snapshot, model), snapshot.seq
         else:
             model = self.registry.get(body.model, body.version)
+        self.serve_new(model)
+        record = await self.store.create(model.key, owner, session_id=session_id, seq=seq, state=state)
+        return self._info(record)
+
+    def serve_new(self, model: LoadedModel) -> Served:
+        """The served version for a new session of `model`; refused while it is being unloaded."""
         if self.registry.draining(model.key):
             raise ModelNotFound(
                 f"model {model.key} is being unloaded: it serves its sessions but takes no new ones",
                 model=model.name,
                 version=model.version,
             )
-        self._serve(model)
-        record = await self.store.create(model.key, owner, session_id=session_id, seq=seq, state=state)
-        return self._info(record)
+        return self._serve(model)
 
     @staticmethod
     def sequence_session_id(sequence_id: str | int, owner: str | None) -> str:
@@ -252,16 +256,12 @@ class SessionManager:
         scope = "open" if owner is None else hashlib.blake2b(owner.encode(), digest_size=6).hexdigest()
         return f"seq-{scope}-{sequence_id}"
 
-    async def start_sequence(
-        self, model: str, version: str | None, sequence_id: str | int, owner: str | None
-    ) -> schemas.SessionInfo:
-        """Triton's `sequence_start`: a fresh session under the sequence's id, replacing a live one."""
-        session_id = self.sequence_session_id(sequence_id, owner)
+    @contextlib.asynccontextmanager
+    async def turn(self, session_id: str) -> AsyncIterator[None]:
+        """Hold the session's turn: no other request of this process runs on it meanwhile."""
         await self._turns.acquire(session_id)
         try:
-            with contextlib.suppress(SessionNotFound, SessionGone):
-                await self.store.delete(session_id, owner)
-            return await self.create(schemas.CreateSession(model=model, version=version), owner, session_id)
+            yield
         finally:
             self._turns.release(session_id)
 
@@ -327,20 +327,29 @@ class SessionManager:
         protocol can validate a request before it moves anything (KServe's sequence_start)."""
         self._serve(model).predictor.decode(payload)
 
-    async def step(self, session_id: str, owner: str | None, payload: dict[str, Any]) -> schemas.StepResponse:
-        """Apply one request's events (all in one ONNX Runtime call) and answer one output per event."""
-        return schemas.StepResponse.model_validate_json(await self.step_json(session_id, owner, payload))
+    async def step(
+        self, session_id: str, owner: str | None, payload: dict[str, Any], end: bool = False
+    ) -> schemas.StepResponse:
+        """Apply one request's events (all in one ONNX Runtime call) and answer one output per event;
+        `end`: then end the session (V2's sequence_end), in the same turn, only if the step succeeded."""
+        return schemas.StepResponse.model_validate_json(await self.step_json(session_id, owner, payload, end))
 
     async def steps_json(self, owner: str | None, body: object) -> bytes:
         """Bulk ingest (`service.bulk`): many sessions' steps, answered as `{"results": [...]}` JSON."""
         return await self._bulk.run(owner, body)
 
-    async def step_json(self, session_id: str, owner: str | None, payload: dict[str, Any]) -> bytes:
+    async def step_json(
+        self, session_id: str, owner: str | None, payload: dict[str, Any], end: bool = False
+    ) -> bytes:
         """`step`, answered as the JSON body of a `schemas.StepResponse` (what the transports send)."""
         self.check_open()
         await self._turns.acquire(session_id)
         try:
-            return await self.step_locked(session_id, owner, payload)
+            body = await self.step_locked(session_id, owner, payload)
+            if end:  # no other request and no shutdown check between the step and the end
+                with contextlib.suppress(SessionNotFound, SessionGone):  # expired meanwhile
+                    await self.store.delete(session_id, owner)
+            return body
         finally:
             self._turns.release(session_id)
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
+import numpy as np
 import orjson
 from prometheus_client import Counter
 
@@ -62,7 +63,25 @@ async def replay_stored(
 
 
 def job(served: Served, decoded: Decoded, record: SessionRecord) -> StepJob:
-    return StepJob(decoded.x, record, param=decoded.param, answer=_answer_hook(served, decoded, record))
+    return StepJob(decoded.x, record, param=decoded.param, answer=_answer_hook(served, decoded, record.seq))
+
+
+async def run_fresh(served: Served, decoded: Decoded) -> tuple[bytes, list[np.ndarray], StoredAnswer | None]:
+    """The request's events run on a fresh (zero) state, writing nothing: (the response, the state
+    after them, the answer to store). For a session that is made only once its first step has
+    succeeded (V2's sequence_start), so that a request that fails leaves everything as it was."""
+    model = served.model
+    layers, hidden = model.manifest.state_shape
+    zero = [np.zeros((layers, hidden), np.float32) for _ in range(model.state_count)]
+    if decoded.events == 0:
+        return b'{"seq":0,"outputs":[]}', zero, None
+    result = await served.batcher.submit(
+        StepJob(decoded.x, None, state=zero, param=decoded.param), decoded.events
+    )
+    assert result.state is not None  # a job that brings its state gets the new one back
+    result.seq = decoded.events
+    body, answer = _answer_hook(served, decoded, 0)(result)
+    return body, result.state, answer
 
 
 async def settle(
@@ -90,7 +109,7 @@ async def settle(
 
 
 def _answer_hook(
-    served: Served, decoded: Decoded, record: SessionRecord
+    served: Served, decoded: Decoded, seq_before: int
 ) -> Callable[[StepResult], tuple[bytes, StoredAnswer | None]]:
     """Builds the response in the batch, before the write, so that the answer for replays is
     stored atomically with the state it belongs to."""
@@ -98,7 +117,7 @@ def _answer_hook(
     def answer(result: StepResult) -> tuple[bytes, StoredAnswer | None]:
         # straight from the predictor's plain values to JSON: no model objects on the hot path
         body = orjson.dumps(
-            {"seq": result.seq, "outputs": served.predictor.encode(decoded, result, record.seq)}
+            {"seq": result.seq, "outputs": served.predictor.encode(decoded, result, seq_before)}
         )
         if decoded.seq is None:
             return body, None

@@ -15,8 +15,13 @@ A V2 request names its sequence in `parameters` (Triton's sequence extension, pl
   applied as it comes (Triton's behaviour): a retry is applied twice.
 
 A request that fails changes nothing: the payload is validated before a sequence is started, replaced
-or stepped, and `sequence_end` ends the sequence only after its step succeeded. One limit: the retry
-of a request that ended its sequence answers 410 (the sequence is gone; that request was applied).
+or stepped; `sequence_start` runs its events on a fresh state first, and only once they have run and
+their answer is built does the new session take the id, ending a running one in the same store step
+(`_start`): a start refused on the way (capacity, inference, the store) leaves
+the running sequence, its seq, stored answer and idle TTL as they were. `sequence_end` ends the
+sequence in the step's own turn, only after the step succeeded. One-shot requests (no id) run on a
+fresh state and keep no session at all. One limit: the retry of a request that ended its sequence
+answers 410 (the sequence is gone; that request was applied).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from service import schemas
+from service import schemas, stepping
 from service.errors import BadRequest, SequenceConflict, SessionGone, SessionNotFound
 from service.registry import LoadedModel
 from service.sessions import SessionManager
@@ -113,11 +118,7 @@ async def step_sequence(
         payload = {**payload, "seq": params.seq}
     manager.check_events(model, payload)  # a bad payload is refused before any sequence moves
     if params.sequence_id is None:
-        created = await manager.create(schemas.CreateSession(model=model.name, version=model.version), owner)
-        try:
-            return await manager.step(created.session_id, owner, payload)
-        finally:
-            await _end(manager, created.session_id, owner)
+        return await _start(manager, model, None, owner, payload)
     key = params.key(model.name)
     session_id = manager.sequence_session_id(key, owner)
     if params.start:
@@ -131,9 +132,9 @@ async def step_sequence(
             replayed = await _replay_start(manager, owner, model, session_id, payload)
             if replayed is not None:
                 return replayed
-        await manager.start_sequence(model.name, model.version, key, owner)
+        return await _start(manager, model, key, owner, payload, keep=not params.end)
     try:
-        step = await manager.step(session_id, owner, payload)
+        return await manager.step(session_id, owner, payload, end=params.end)
     except SessionNotFound:
         raise BadRequest(
             f"sequence {params.sequence_id!r} of model {model.name!r} is not running: its first request "
@@ -146,9 +147,6 @@ async def step_sequence(
             f"sequence {params.sequence_id!r} of model {model.name!r} was {reason}",
             sequence_id=params.sequence_id,
         ) from None
-    if params.end:
-        await _end(manager, session_id, owner)
-    return step
 
 
 async def _replay_start(
@@ -168,6 +166,41 @@ async def _replay_start(
         return None  # another request at seq 0: a new sequence under the same id
 
 
-async def _end(manager: SessionManager, session_id: str, owner: str | None) -> None:
-    with contextlib.suppress(SessionNotFound, SessionGone):  # ended meanwhile (expired, or by another)
-        await manager.delete(session_id, owner)
+async def _start(
+    manager: SessionManager,
+    model: LoadedModel,
+    key: str | None,
+    owner: str | None,
+    payload: dict[str, Any],
+    keep: bool = True,
+) -> schemas.StepResponse:
+    """`sequence_start` with the request's events: they run on a fresh state and their answer is built
+    first; only then, in one store step, the new session takes the sequence's id and a live one there
+    ends. `keep` False (sequence_end too) or `key` None (a one-shot request): no session is kept, a live
+    one just ends. A request that fails on the way changes nothing."""
+    manager.check_open()
+    served = manager.serve_new(model)
+    decoded = served.predictor.decode(payload)
+    if key is None:
+        response = schemas.StepResponse.model_validate_json((await stepping.run_fresh(served, decoded))[0])
+        served.events.inc(decoded.events)
+        return response
+    session_id = manager.sequence_session_id(key, owner)
+    async with manager.turn(session_id):
+        body, state, answer = await stepping.run_fresh(served, decoded)
+        response = schemas.StepResponse.model_validate_json(body)
+        if keep:
+            await manager.store.create(
+                model.key,
+                owner,
+                session_id=session_id,
+                seq=decoded.events,
+                state=state,
+                answer=answer,
+                replace=True,
+            )
+        else:
+            with contextlib.suppress(SessionNotFound, SessionGone):
+                await manager.store.delete(session_id, owner)
+    served.events.inc(decoded.events)
+    return response

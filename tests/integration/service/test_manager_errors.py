@@ -121,13 +121,11 @@ async def test_reset_and_sequence_ids(make_settings: Callable[..., Settings]) ->
         with pytest.raises(SequenceConflict) as conflict:
             await manager.step(sid, None, {"tokens": ["w3"], "seq": 5})
         assert conflict.value.details["expected_seq"] == 2
-        # KServe / Triton sequence ids: namespaced per owner, restartable
+        # KServe / Triton sequence ids: namespaced per owner
         one = manager.sequence_session_id(42, "alice")
         assert one != manager.sequence_session_id(42, "bob")
-        await manager.start_sequence("lm-gru", None, 42, "alice")
+        await manager.create(schemas.CreateSession(model="lm-gru"), "alice", one)
         await manager.step(one, "alice", {"tokens": ["w1"]})
-        restarted = await manager.start_sequence("lm-gru", None, 42, "alice")
-        assert restarted.seq == 0 and restarted.session_id == one
         await manager.delete(one, "alice")
         with pytest.raises(SessionDeleted):
             await manager.step(one, "alice", {"tokens": ["w1"]})

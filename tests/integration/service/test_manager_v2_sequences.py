@@ -13,9 +13,10 @@ import pytest
 from manager_support import running
 
 from service import kserve
-from service.errors import ServiceError
+from service.errors import BadRequest, CapacityExceeded, ServiceError
 from service.sessions import SessionManager
 from service.settings import Settings
+from service.store import StoredAnswer
 from service.v2_sequence import MAX_STRING_ID_BYTES, SequenceParams
 from service.v2_tensors import decode_http, http_body
 
@@ -141,3 +142,35 @@ async def test_hostile_tensors_are_4xx(make_settings: Callable[..., Settings]) -
             raw = json.dumps(head).encode()
             await refused(manager, raw + np.arange(2, dtype="<i8").tobytes()[:size], len(raw))
         assert await position(manager, 1) == before
+
+
+async def test_a_replacing_create_is_refused_whole_or_done_whole(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The store step under `sequence_start`: a create that replaces a live session under its id ends
+    that session only when the new one fits (its room counts on the same version), all in one step."""
+    async with running(make_settings(max_sessions=1)) as manager:
+        store = manager.store
+        gru, lstm = (manager.registry.get(name).key for name in ("lm-gru", "lm-lstm"))
+        kept = StoredAnswer(3, 12345, b'{"seq":3}')
+        await store.create(gru, None, session_id="x", seq=3, answer=kept)
+        await store.create(lstm, None)  # lm-lstm is full
+        before = await store.lookup("x", None, touch=False)
+        with pytest.raises(CapacityExceeded):
+            await store.create(lstm, None, session_id="x", replace=True)
+        for owner, replace in (("bob", True), (None, False)):  # another owner's id; no replace
+            with pytest.raises(BadRequest):
+                await store.create(gru, owner, session_id="x", replace=replace)
+        assert await store.lookup("x", None, touch=False) == before
+        assert await store.last_answer(before) == kept
+        model = manager.registry.get("lm-gru")
+        state = [np.full(model.manifest.state_shape, 0.5, np.float32) for _ in range(model.state_count)]
+        fresh = StoredAnswer(0, 99, b'{"seq":1}')
+        made = await store.create(gru, None, session_id="x", seq=1, state=state, answer=fresh, replace=True)
+        assert (made.model_key, made.seq) == (gru, 1) and made.gen != before.gen
+        assert await store.last_answer(made) == fresh
+        assert all(
+            np.array_equal(a, b) for a, b in zip((await store.read_state(made))[1], state, strict=True)
+        )
+        with pytest.raises(CapacityExceeded):  # the replaced one is gone: its room is the new one's
+            await store.create(gru, None)
