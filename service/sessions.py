@@ -213,7 +213,7 @@ class SessionManager:
         self, body: schemas.CreateSession, owner: str | None, session_id: str | None = None
     ) -> schemas.SessionInfo:
         """A new session on `body.model` (default version unless given), optionally restored from a
-        snapshot. `session_id` lets a protocol choose the id (KServe: see `start_sequence`); an id in
+        snapshot. `session_id` lets a protocol choose the id (KServe: v2_sequence.py); an id in
         use is a BadRequest, an ended id may be reused."""
         self.check_open()
         state: list[np.ndarray] | None = None
