@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from e2e_support import ServerProcess, auth
+from e2e_support import KEYS, MAX_BODY, MAX_EVENTS, ServerProcess, auth
 from test_e2e_websocket import open_stream
 from websockets.sync.client import connect
 
@@ -46,18 +46,66 @@ def session_at_one(client: httpx.Client) -> tuple[str, dict[str, object]]:
     return session, info
 
 
+def unmoved(client: httpx.Client, session: str, before: dict[str, object], after_what: object) -> None:
+    """The session as the store holds it (seq; created, last used and expiry times to the millisecond)
+    is exactly `before`: checked after each request, so that a failure names the one that moved it."""
+    now = client.get(f"/v1/sessions/{session}").json()
+    assert now == before, (after_what, before, now)
+
+
 def test_rest_refuses_bad_bodies_and_moves_nothing(client: httpx.Client) -> None:
     session, before = session_at_one(client)
     for body in BAD_LM_BODIES:
         response = client.post(f"/v1/sessions/{session}/events", content=body, headers=JSON)
         assert 400 <= response.status_code < 500, (body[:60], response.text)
         assert set(response.json()["error"]) == {"code", "message", "details"}
+        unmoved(client, session, before, body[:60])
     for body in BAD_GENERATE_BODIES:
         response = client.post(f"/v1/sessions/{session}/generate", content=body, headers=JSON)
         assert response.status_code == 422, (body, response.text)
+        unmoved(client, session, before, body)
     surrogate = client.post(f"/v1/sessions/{session}/events", content=BAD_LM_BODIES[0], headers=JSON).json()
     assert "\\ud800" in surrogate["error"]["message"]  # the value as the client wrote it
-    assert client.get(f"/v1/sessions/{session}").json() == before
+    unmoved(client, session, before, BAD_LM_BODIES[0])
+
+
+def test_refusals_by_key_size_or_model_and_reads_move_nothing(
+    server: ServerProcess, client: httpx.Client
+) -> None:
+    """Requests refused before their body is looked at (no key, another key's session, too large),
+    refused by the session's model, and requests that only read (info, state, a replay, a stream
+    opened and closed) leave the session's seq and idle TTL as they were."""
+    session, before = session_at_one(client)
+    path = f"/v1/sessions/{session}"
+    step = {"tokens": ["w2"], "seq": 1}
+    cases: list[tuple[str, str, dict[str, str], object, int]] = [
+        ("POST", f"{path}/events", {}, step, 401),
+        ("POST", f"{path}/events", {"Authorization": "Bearer wrong"}, step, 401),
+        ("POST", f"{path}/events", auth(KEYS[1]), step, 404),
+        ("POST", f"{path}/generate", auth(KEYS[1]), {"max_tokens": 1}, 404),
+        ("POST", f"{path}/reset", auth(KEYS[1]), None, 404),
+        ("DELETE", path, auth(KEYS[1]), None, 404),
+        ("GET", f"{path}/state", auth(KEYS[1]), None, 404),
+        ("POST", f"{path}/events", auth(), {"tokens": ["w2"] * (MAX_EVENTS + 1), "seq": 1}, 422),
+        ("POST", f"{path}/events", auth(), {"tokens": ["w2" * MAX_BODY], "seq": 1}, 413),
+        ("POST", f"{path}/events", auth(), {"readings": [[1.0, 2.0, 3.0]], "seq": 1}, 422),
+        ("POST", f"{path}/generate", auth(), {"max_tokens": 51}, 422),
+        ("GET", path, auth(), None, 200),
+        ("GET", f"{path}/state", auth(), None, 200),
+        ("POST", f"{path}/events", auth(), {"tokens": ["w1"], "seq": 0}, 200),  # a replay applies nothing
+    ]
+    for method, url, headers, body, status in cases:
+        response = httpx.request(method, f"{server.url}{url}", headers=headers, json=body, timeout=30)
+        assert response.status_code == status, (method, url, response.text)
+        unmoved(client, session, before, (method, url, status))
+    bulk = client.post("/v1/steps", json={"steps": [{"session_id": session, "tokens": ["w2"], "seq": 5}]})
+    assert bulk.json()["results"][0]["error"]["code"] == "seq_conflict", bulk.text
+    unmoved(client, session, before, "bulk step at a wrong seq")
+    with open_stream(server, session, key=KEYS[1]) as ws:  # another key's session: refused at connect
+        assert json.loads(ws.recv(timeout=30))["error"]["code"] == "session_not_found"
+    with open_stream(server, session):
+        pass  # opened (the session is looked up) and closed without a message
+    unmoved(client, session, before, "streams opened")
 
 
 def test_websocket_answers_bad_messages_and_stays_open(server: ServerProcess, client: httpx.Client) -> None:
