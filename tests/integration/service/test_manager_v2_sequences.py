@@ -154,7 +154,7 @@ async def test_a_replacing_create_is_refused_whole_or_done_whole(
         gru, lstm = (manager.registry.get(name).key for name in ("lm-gru", "lm-lstm"))
         kept = StoredAnswer(3, 12345, b'{"seq":3}')
         await store.create(gru, None, session_id="x", seq=3, answer=kept)
-        await store.create(lstm, None)  # lm-lstm is full
+        filler = await store.create(lstm, None)  # lm-lstm is full
         before = await store.lookup("x", None, touch=False)
         with pytest.raises(CapacityExceeded):
             await store.create(lstm, None, session_id="x", replace=True)
@@ -174,3 +174,9 @@ async def test_a_replacing_create_is_refused_whole_or_done_whole(
         )
         with pytest.raises(CapacityExceeded):  # the replaced one is gone: its room is the new one's
             await store.create(gru, None)
+        # across versions, once there is room: the old one's room on its own version is freed
+        await store.delete(filler.session_id, None)
+        moved = await store.create(lstm, None, session_id="x", replace=True)
+        assert moved.model_key == lstm and (await store.lookup("x", None)).model_key == lstm
+        assert await store.last_answer(moved) is None
+        await store.create(gru, None)
