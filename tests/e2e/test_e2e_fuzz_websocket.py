@@ -38,7 +38,7 @@ from fuzz_support import (
     good_body,
     not_str,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -106,6 +106,7 @@ def refused(error: Any, bad: Bad, session: Session | None, seq: int | None = Non
     the session is at (`seq`, default the session's now)."""
     assert isinstance(error, dict) and set(error) == {"code", "message", "details"}, error
     assert error["code"] in bad.codes and isinstance(error["message"], str) and error["message"], error
+    event(f"refused: {error['code']}")  # the run's statistics (--hypothesis-show-statistics) count the kinds
     if error["code"] == SEQ_CONFLICT and session is not None:
         assert error["details"]["expected_seq"] == (session.seq if seq is None else seq), error
 
