@@ -32,7 +32,7 @@ from service.grpc_proto import kserve_v2_pb2 as pb
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 LM, SENSOR = "lm-gru", "sensor-gru"
 METADATA = (("authorization", f"Bearer {KEYS[0]}"),)

@@ -45,7 +45,7 @@ from websockets.sync.client import ClientConnection, connect
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 LM, SENSOR = "lm-gru", "sensor-gru"
 CLOSE_TOO_BIG = 1009
