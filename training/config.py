@@ -27,6 +27,11 @@ class TrainConfig:
     # the best of all epochs but the last `nonmono`, weights are averaged over every later step and the
     # average is what is validated, kept and exported. 0 never averages.
     nonmono: int = 0
+    # AWD-LSTM's loop-level regularisers (training/awd.py): windows of drawn length with the step's
+    # learning rate scaled by length / bptt, and the AR (alpha) / TAR (beta) penalties; 0 turns them off.
+    variable_bptt: bool = False
+    ar: float = 0.0
+    tar: float = 0.0
     seed: int = 1234
     threads: int = 2  # torch intra-op threads per process
     budget_minutes: float | None = None  # wall-clock limit; stops cleanly, keeps the best model
@@ -56,6 +61,8 @@ _OPTIONS: dict[str, tuple[str, Callable[[Any], bool]]] = {
         "0 for never",
         lambda v: v >= 0,
     ),
+    "ar": ("activation regularisation (AR) weight on the last layer's dropped outputs", lambda v: v >= 0),
+    "tar": ("temporal activation regularisation (TAR) weight on its step-to-step change", lambda v: v >= 0),
     "seed": ("random seed", lambda v: True),
     "threads": ("torch threads per process", lambda v: v >= 1),
     "budget_minutes": (
@@ -90,6 +97,12 @@ def add_train_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig) 
         default=None,
         help="where best.pt and last.pt go (default: checkpoints/<name>)",
     )
+    g.add_argument(
+        "--variable-bptt",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.variable_bptt,
+        help="AWD-LSTM's windows of random length around --bptt, lr scaled by length / bptt (%(default)s)",
+    )
     g.add_argument("--resume", action="store_true", help="continue from <checkpoint-dir>/last.pt")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
 
@@ -104,6 +117,7 @@ def config_from_args(args: argparse.Namespace, name: str) -> TrainConfig:
     return TrainConfig(
         **{**values, "epochs": 1 if args.dry_run else args.epochs},
         optimizer=args.optimizer,
+        variable_bptt=args.variable_bptt,
         dry_run=args.dry_run,
         checkpoint_dir=args.checkpoint_dir or Path("checkpoints") / name,
         resume=args.resume,

@@ -102,6 +102,10 @@ class RecurrentNet(nn.Module):
         # Weight drop and locked dropout between layers need the layers one at a time (training only).
         layerwise = spec.weight_drop > 0 or (spec.dropout_hidden > 0 and spec.layers > 1)
         self.layerwise = LayerwiseCore(self.core) if layerwise else None
+        # AR/TAR (training/awd.py) need the last layer's outputs before and after their dropout. They are
+        # kept here, not returned, because under DDP the loop must call the wrapper's forward unchanged.
+        self.keep_activations = False
+        self.activations: tuple[Tensor, Tensor] | None = None  # (raw, dropped) [B, T, H], train mode only
         self.drop = nn.Dropout(spec.dropout)
         head_in = spec.hidden
         self.dense: nn.Module | None = None
@@ -145,7 +149,10 @@ class RecurrentNet(nn.Module):
         else:
             out, h = self.core(inputs, state[0])
             new_state = (h,)
-        return self.drop(locked_dropout(out, spec.dropout_output, training)), new_state  # [B, T, H]
+        dropped = self.drop(locked_dropout(out, spec.dropout_output, training))  # [B, T, H]
+        if training and self.keep_activations:
+            self.activations = (out, dropped)
+        return dropped, new_state
 
     def predict(self, features: Tensor) -> tuple[Tensor, ...]:
         """Head on core features [..., H]: lm (log_probs [..., V],); sensor (mean, log_var) [..., F]."""

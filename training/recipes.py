@@ -59,7 +59,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
     # AWD-LSTM's regularisation and schedule (WikiText-2 settings of Merity et al.'s code): SGD at lr 30,
     # NT-ASGD with nonmono 5, batch 80, bptt 70; a uniform 3x400 tied core (the paper's middle layer is
-    # 1150 wide, which this model family cannot express). Without variable-length BPTT and AR/TAR.
+    # 1150 wide, which this model family cannot express); variable-length BPTT and AR/TAR (alpha 2, beta 1).
     "awd": {
         **_BASE,
         "layers": 3,
@@ -78,5 +78,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "lr_decay": 1.0,
         "patience": 750,
         "nonmono": 5,
+        "variable_bptt": True,
+        "ar": 2.0,
+        "tar": 1.0,
     },
 }

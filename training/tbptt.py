@@ -11,6 +11,7 @@ it improves and `last.pt` always (to resume). A wall-clock budget stops the run 
 from __future__ import annotations
 
 import math
+import random
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from training import checkpoint
+from training.awd import activation_penalty, lr_scale, variable_windows
 from training.config import TrainConfig
 from training.data.streams import Streams
 from training.distributed import DistContext, all_reduce_sum, any_rank, barrier, gather_digests, unwrap, wrap
@@ -74,17 +76,26 @@ def train_epoch(
     deadline: float | None = None,
     describe: Callable[[float], str] = lambda loss: f"{loss:.3f}",
     after_step: Callable[[], None] | None = None,
+    epoch: int = 1,
 ) -> PhaseStats:
     """One pass over `streams` ([B, L, ...]); `model` may be wrapped in DistributedDataParallel.
 
-    `after_step` runs after every optimizer step (the weight average of NT-ASGD).
+    `after_step` runs after every optimizer step (the weight average of NT-ASGD). With variable BPTT the
+    window lengths come from (seed, epoch): every rank draws the same ones, so DDP's steps stay in step.
     """
     net = unwrap(model)
     assert isinstance(net, RecurrentNet)
     model.train()
-    windows = streams.window_count(cfg.bptt)
-    if cfg.dry_run:
-        windows = min(windows, cfg.dry_run_windows)
+    net.keep_activations = cfg.ar > 0 or cfg.tar > 0
+    windows = streams.window_count(cfg.bptt)  # exact for fixed windows, the expected count for drawn ones
+    limit = cfg.dry_run_windows if cfg.dry_run else None
+    if limit is not None:
+        windows = min(windows, limit)
+    source = (
+        variable_windows(streams, cfg.bptt, random.Random(cfg.seed * 1_000_003 + epoch))
+        if cfg.variable_bptt
+        else streams.windows(cfg.bptt)
+    )
     bar = tqdm(
         total=windows,
         disable=not (cfg.progress and ctx.is_main),
@@ -97,8 +108,8 @@ def train_epoch(
     loss_sum, count, events = 0.0, 0, 0
     start = time.monotonic()
     stopped = False
-    for i, (x, y, m) in enumerate(streams.windows(cfg.bptt)):
-        if i >= windows:
+    for i, (x, y, m) in enumerate(source):
+        if limit is not None and i >= limit:
             break
         state = _detach(state)  # carry the values, cut the graph: gradients stay inside this window
         outputs, state = model(x, state)  # outputs [B, T, V] | ([B, T, F], [B, T, F])
@@ -108,24 +119,34 @@ def train_epoch(
             raise TrainingDiverged(
                 f"the training loss became {float(loss)} in window {i}; lower --lr or --clip"
             )
+        if net.activations is not None:
+            loss = loss + activation_penalty(*net.activations, cfg.ar, cfg.tar)
+            net.activations = None
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         if cfg.clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        scale = lr_scale(x.shape[1], cfg.bptt) if cfg.variable_bptt else 1.0
+        base_lrs = [group["lr"] for group in optimizer.param_groups]
+        for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = lr * scale
         optimizer.step()
+        for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = lr  # the schedule's rate stays what it was
         if after_step is not None:
             after_step()
         loss_sum += float(window_sum.detach())
         count += int(window_count)
         events += int(_events(m))
         bar.update(1)
-        if bar.n % 10 == 0 or bar.n == windows:
+        if bar.n % 10 == 0 or bar.n >= windows:
             rate = events * ctx.world_size / max(time.monotonic() - start, 1e-9)
             bar.set_postfix_str(f"loss {describe(loss_sum / max(count, 1))} {rate:,.0f} ev/s", refresh=False)
         if deadline is not None and any_rank(time.monotonic() > deadline, ctx):
             stopped = True
             break
     bar.close()
+    net.keep_activations = False
     sums = all_reduce_sum(torch.tensor([loss_sum, float(count), float(events)], dtype=torch.float64), ctx)
     return PhaseStats(
         float(sums[0]) / max(float(sums[1]), 1.0),
@@ -248,7 +269,7 @@ def fit(
 
     while progress["epoch"] < cfg.epochs:
         epoch = progress["epoch"] + 1
-        tr = train_epoch(ddp, optimizer, train, loss_fn, cfg, ctx, deadline, describe, average.update)
+        tr = train_epoch(ddp, optimizer, train, loss_fn, cfg, ctx, deadline, describe, average.update, epoch)
         va = evaluate(average.current(), valid, cfg.bptt, loss_fn, ctx, eval_limit)
         averaging = average.active
         earlier = [h["valid_loss"] for h in progress["history"]]
