@@ -14,14 +14,18 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+# AWD-LSTM's loop: every rank must draw the same window lengths, or DDP's all-reduces fall out of step
+@pytest.mark.parametrize(
+    "awd_loop", [[], ["--variable-bptt", "--ar", "2", "--tar", "1"]], ids=["plain", "awd"]
+)
 def test_two_processes_train_on_their_own_streams_and_end_with_identical_weights(
-    corpus_dir: Path, tmp_path: Path
+    corpus_dir: Path, tmp_path: Path, awd_loop: list[str]
 ) -> None:
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "training", "lm", "--data", str(corpus_dir), "--hidden", "8", "--layers", "1", "--epochs", "2",
         "--batch-size", "4", "--bptt", "8", "--dropout", "0.2", "--threads", "1", "--no-progress",
-        "--out", str(tmp_path / "models"), "--checkpoint-dir", str(tmp_path / "ckpt"),
+        "--out", str(tmp_path / "models"), "--checkpoint-dir", str(tmp_path / "ckpt"), *awd_loop,
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
