@@ -16,6 +16,13 @@ present is for this stream. Differences from nupic's `AnomalyLikelihood`, each t
 - the raw score is the standardised squared prediction error z^2 (mean over features, capped at CAP)
   rather than HTM's fraction of unpredicted columns: a reading the model predicted well scores ~1.
 
+Range novelty (HTM's "spatial anomaly" in Numenta's NAB detector): a reading outside the range of
+every reading the stream has shown is news however well a model of the stream's dynamics predicts it,
+and a likelihood of averaged surprises is slow to say so. Its excess d (how far outside [min, max] the
+reading lies, in units of that range, max over features) counts as a = RED * d / TOL on the same
+-log10 scale as the likelihood's tail, so d = TOL (HTM's 5% tolerance) is the red alert and larger
+excesses rank higher; `probability` takes the larger of the two. It too waits for WARMUP readings.
+
 Online normalisation (fleet models, manifest `normalization: "online"`): reading t enters the model as
 `(r_t - m_{t-1}) / s_{t-1}`, with m, s the running mean and std of readings 0..t-1 (same running-moment
 rule, each reading winsorised at +-CLIP s, floor on s), clipped to +-CLIP: the model sees each stream
@@ -32,6 +39,10 @@ restores, the SIGTERM file, the Redis store and exactly-once replays carry it wi
            2F+1       m: scored readings
            2F+2, +3   long-term mean and variance of the short-term average
            2F+4 ..    ring of the last WINDOW raw scores (slot m % WINDOW)
+           R = 2F+4+WINDOW  readings in the range (0: none yet; a session saved before the range
+                      existed starts its range afresh)
+           R+1 .. R+F      lowest reading of each feature (reading units)
+           R+F+1 .. R+2F   highest reading of each feature
 """
 
 from __future__ import annotations
@@ -51,6 +62,8 @@ VAR_FLOOR = (
 )
 CLIP = 10.0  # online-normalised model inputs are clipped to +-CLIP
 SCALE_FLOOR = 1e-3  # relative floor on a feature's running std: a constant stream still has a scale
+TOL = 0.05  # range novelty at the red alert: 5% of the seen range outside it (HTM's spatialTolerance)
+A_NOVEL_MAX = 1e6  # cap on a range novelty's a: probability stays below 1 in float64
 RED = 5.0  # -log10 of the tail at which probability = 0.5 (nupic's red alert: likelihood 0.99999)
 _LOG10 = math.log(10.0)
 _LOG_2PI = math.log(2 * math.pi)
@@ -58,7 +71,7 @@ _LOG_2PI = math.log(2 * math.pi)
 
 def stats_floats(features: int) -> int:
     """float values of one session's statistics for a model of `features` features (layout above)."""
-    return 2 * features + 4 + WINDOW
+    return 4 * features + 5 + WINDOW
 
 
 def aux_tensors(floats: int, layers: int, hidden: int) -> int:
@@ -124,6 +137,7 @@ class Carry:
     seen: np.ndarray  # [B] readings each session had seen before this request
     centre: np.ndarray  # [B, T+1, F] what reading t was centred by (t = T: the next one)
     scale: np.ndarray  # [B, T+1, F]
+    novelty: np.ndarray  # [B, T] range novelty of each reading, on the -log10 tail scale
 
 
 class SessionStats:
@@ -136,6 +150,7 @@ class SessionStats:
         self.online = online
         self.mu = np.asarray(mean, np.float64)  # [F] fixed normalisation
         self.sigma = np.asarray(std, np.float64)
+        self.range_at = 2 * features + 4 + WINDOW  # layout above
 
     def before(self, readings: np.ndarray, stats: np.ndarray) -> tuple[np.ndarray, Carry]:
         """Readings [B, T, F] (raw if online, normalised by the manifest otherwise) -> model input x
@@ -145,7 +160,10 @@ class SessionStats:
         stats[:, 0] += steps
         if not self.online:
             centre = np.broadcast_to(self.mu, (b, steps + 1, f))
-            return readings.astype(np.float32), Carry(seen, centre, np.broadcast_to(self.sigma, centre.shape))
+            novelty = self._novelty(readings * self.sigma + self.mu, stats)
+            scale = np.broadcast_to(self.sigma, centre.shape)
+            return readings.astype(np.float32), Carry(seen, centre, scale, novelty)
+        novelty = self._novelty(readings, stats)
         mean, var = stats[:, 1 : 1 + f], stats[:, 1 + f : 1 + 2 * f]
         centre, scale = np.empty((b, steps + 1, f)), np.empty((b, steps + 1, f))
         n = seen[:, None]  # [B, 1]
@@ -159,7 +177,28 @@ class SessionStats:
         centre[:, steps], scale[:, steps] = mean, self._scale(mean, var)
         x = np.clip((readings - centre[:, :steps]) / scale[:, :steps], -CLIP, CLIP)
         stats[:, 1 : 1 + f], stats[:, 1 + f : 1 + 2 * f] = mean, var
-        return x.astype(np.float32), Carry(seen, centre, scale)
+        return x.astype(np.float32), Carry(seen, centre, scale, novelty)
+
+    def _novelty(self, values: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        """Readings [B, T, F] in reading units -> each one's range novelty a [B, T] against the range of
+        the readings before it (0 until WARMUP readings are in); the range is updated in place."""
+        b, steps, f = values.shape
+        r = self.range_at
+        count, low, high = stats[:, r], stats[:, r + 1 : r + 1 + f], stats[:, r + 1 + f : r + 1 + 2 * f]
+        novelty = np.zeros((b, steps))
+        for t in range(steps):
+            value = values[:, t]
+            fresh = count == 0
+            low[fresh], high[fresh] = value[fresh], value[fresh]
+            # the same floor as a scale's: a stream that has been constant still has a width
+            width = np.maximum(high - low, SCALE_FLOOR * np.maximum(np.abs(low), np.abs(high)) + 1e-9)
+            excess = np.maximum(np.maximum(value - high, low - value), 0.0) / width  # [B, F]
+            ready = count >= WARMUP
+            novelty[ready, t] = np.minimum(RED * excess[ready].max(axis=1) / TOL, A_NOVEL_MAX)
+            np.minimum(low, value, out=low)
+            np.maximum(high, value, out=high)
+            count += 1
+        return novelty
 
     @staticmethod
     def _scale(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
@@ -178,7 +217,10 @@ class SessionStats:
         z2 = (x - prev_mean) ** 2 / np.exp(prev_lv)
         score = 0.5 * np.sum(_LOG_2PI + prev_lv + z2, axis=2)  # [B, T] Gaussian NLL, as the manifest says
         surprise = np.minimum(z2, CAP).mean(axis=2)
-        likelihood, probability = self._likelihood(surprise, stats, carry.seen)
+        log10_q = self._log10_tail(surprise, stats, carry.seen)
+        likelihood = 1.0 - 10.0**log10_q
+        # the likelihood's tail or the range novelty, whichever is the stronger evidence
+        probability = probability_from_tail(-np.maximum(-log10_q, carry.novelty))
         none = (carry.seen[:, None] + np.arange(x.shape[1])) == 0
         for a in (score, surprise):
             a[none] = np.nan
@@ -192,9 +234,9 @@ class SessionStats:
             surprise,
         ]
 
-    def _likelihood(
-        self, surprise: np.ndarray, stats: np.ndarray, seen: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _log10_tail(self, surprise: np.ndarray, stats: np.ndarray, seen: np.ndarray) -> np.ndarray:
+        """log10(1 - likelihood) [B, T] of each reading's short-term average surprise; the likelihood's
+        statistics are updated in place."""
         b, steps = surprise.shape
         k = 2 * self.features + 1
         m = stats[:, k]  # views: updated in place
@@ -217,4 +259,4 @@ class SessionStats:
             long_mean[learn], long_var[learn] = lm, lv
             m[live] += 1
             log10_q[~live, t] = np.nan
-        return 1.0 - 10.0**log10_q, probability_from_tail(log10_q)
+        return log10_q

@@ -151,3 +151,72 @@ def test_pack_and_unpack_round_trip_over_several_tensors() -> None:
     assert [t.shape for t in tensors] == [(2, 2, 4)] * 3
     np.testing.assert_array_equal(unpack(tensors, 21), stats)
     np.testing.assert_array_equal(unpack([t[:, 1:] for t in tensors], 21), stats[1:])  # rows are sessions
+
+
+def _novelty(hooks: SessionStats, readings: np.ndarray, cuts: list[int]) -> np.ndarray:
+    """Range novelty of each reading of one stream [N, F], fed in requests split at `cuts` with the
+    statistics stored as float32 state between requests."""
+    like = [np.zeros((1, 1, 8), np.float32) for _ in range(anomaly.aux_tensors(hooks.floats, 1, 8))]
+    state, parts = like, []
+    for a, b in itertools.pairwise([0, *cuts, len(readings)]):
+        stats = unpack(state, hooks.floats)
+        _, carry = hooks.before(readings[None, a:b], stats)
+        parts.append(carry.novelty[0])
+        state = pack(stats, like)
+    return np.concatenate(parts)
+
+
+def test_range_novelty_against_hand_computed_cases() -> None:
+    warm = [0.0, 10.0] * (anomaly.WARMUP // 2)  # range [0, 10] once warm
+    late = [10.5, 11.0, -2.0, 5.0, 10.0]
+    # 5% of the range outside it is the red alert (a = RED); the range grows with every reading
+    want = [anomaly.RED, anomaly.RED * (0.5 / 10.5) / 0.05, anomaly.RED * (2 / 11) / 0.05, 0.0, 0.0]
+    readings = np.array(warm + late)[:, None]
+    for online, mean, std in ((True, 0.0, 1.0), (False, 4.0, 2.0)):  # fixed: the runner sees (r - mean) / std
+        hooks = SessionStats(1, online=online, mean=np.array([mean]), std=np.array([std]))
+        given = readings if online else (readings - mean) / std
+        for cuts in ([], [1, anomaly.WARMUP, anomaly.WARMUP + 2]):
+            got = _novelty(hooks, given, cuts)
+            assert not got[: len(warm)].any()  # nothing before WARMUP readings, however novel
+            np.testing.assert_allclose(got[len(warm) :], want, rtol=1e-6, atol=1e-9)
+
+
+def test_range_novelty_waits_for_warmup_and_floors_a_constant_streams_width() -> None:
+    hooks = SessionStats(2, online=True, mean=np.zeros(2), std=np.ones(2))
+    readings = np.full((anomaly.WARMUP + 2, 2), [100.0, -3.0])
+    readings[5] = [200.0, -3.0]  # outside the range, but before the session knows the stream
+    readings[5:] = readings[5]  # from here on constant
+    readings[-1, 1] = -3.003  # 0.003 outside a constant stream's floored width 0.1% of 3 (+ 1e-9)
+    got = _novelty(hooks, readings, [])
+    assert not got[:-1].any()
+    want = anomaly.RED * (0.003 / (1e-3 * 3.0 + 1e-9)) / anomaly.TOL  # the largest feature's excess
+    assert got[-1] == pytest.approx(want, rel=1e-6)
+
+
+def test_a_session_saved_without_a_range_starts_one() -> None:
+    hooks = SessionStats(1, online=True, mean=np.zeros(1), std=np.ones(1))
+    stats = np.zeros((1, hooks.floats))
+    hooks.before(np.arange(anomaly.WARMUP + 5, dtype=np.float64)[None, :, None], stats)
+    stats[0, hooks.range_at :] = 0.0  # what a session stored before the range existed holds there
+    _, carry = hooks.before(np.array([[[1e6]]]), stats)
+    assert carry.novelty[0, 0] == 0.0 and stats[0, hooks.range_at] == 1.0  # learning afresh
+
+
+def test_probability_takes_the_stronger_of_likelihood_and_range_novelty() -> None:
+    rng = np.random.default_rng(11)
+    n = anomaly.WARMUP + 80
+    readings = (50 + rng.standard_normal(n))[:, None]
+    readings[n - 60] = 80.0  # far outside the range: novelty dominates
+    readings[n - 20 :] += 0.5  # inside the range: only the likelihood can speak
+    hooks = SessionStats(1, online=True, mean=np.zeros(1), std=np.ones(1))
+    stats = np.zeros((1, hooks.floats))
+    x, carry = hooks.before(readings[None], stats)
+    preds = np.zeros((1, n, 1))
+    out = hooks.after([preds, preds, preds[:, 0], preds[:, 0]], x, stats, carry)
+    probability, likelihood = out[3][0, 1:], out[4][0, 1:]
+    novelty, exact = carry.novelty[0, 1:], 1.0 - likelihood > 1e-9  # float64 1 - likelihood: 9 digits
+    a = np.maximum(-np.log10(1.0 - likelihood[exact]), novelty[exact])
+    np.testing.assert_allclose(probability[exact], a / (a + anomaly.RED), rtol=1e-6)
+    assert np.all(probability >= novelty / (novelty + anomaly.RED))
+    assert carry.novelty[0, n - 60] > anomaly.RED and probability[n - 61] > 0.5
+    assert probability.max() < 1.0
