@@ -96,19 +96,19 @@ async def _score_file(
 
 
 async def run_detector(
-    files: Sequence[NabFile], settings: Settings, model: str, advance: Callable[[int], object]
+    files: Sequence[NabFile], settings: Settings, models: Sequence[str], advance: Callable[[int], object]
 ) -> list[np.ndarray]:
-    """Every file's anomaly scores, through an in-process SessionManager."""
+    """Every file's anomaly scores, through an in-process SessionManager; `models[i]` scores file i."""
     manager = SessionManager(settings, Metrics())
     await manager.start()
     try:
         gate = asyncio.Semaphore(PARALLEL)
 
-        async def one(f: NabFile) -> np.ndarray:
+        async def one(f: NabFile, model: str) -> np.ndarray:
             async with gate:
                 return await _score_file(manager, model, f, advance)
 
-        return list(await asyncio.gather(*(one(f) for f in files)))
+        return list(await asyncio.gather(*(one(f, m) for f, m in zip(files, models, strict=True))))
     finally:
         await manager.stop()
 

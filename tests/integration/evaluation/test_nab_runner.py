@@ -1,4 +1,4 @@
-"""The NAB runner on a few small files: real ONNX Runtime, a real one-feature online model, the real
+"""The NAB runner on a few small files: real ONNX Runtime, the shipped one-feature fleet model, the real
 SessionManager; results in NAB's layout, scored with our scorer, and no look-ahead from chunking."""
 
 from __future__ import annotations
@@ -19,26 +19,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def fleet_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`sensor-fleet/1`: a tiny random one-feature GRU with online normalization."""
-    import torch
-
-    from service.manifest import Calibration, SensorSpec, TrainingSummary
-    from training.export import TaskData, write_artifact
-    from training.model import ModelSpec, RecurrentNet
-
-    root = tmp_path_factory.mktemp("fleet")
-    torch.manual_seed(0)
-    net = RecurrentNet(ModelSpec(task="sensor", cell="gru", input_size=1, hidden=8, layers=1))
-    spec = SensorSpec(
-        features=["value"], mean=[0.0], std=[1.0], calibration=Calibration(center=5.0, scale=1.0),
-        normalization="online",
-    )  # fmt: skip
-    summary = TrainingSummary(
-        data_fingerprint="tiny", epochs=0, metrics={}, wall_time_s=0.0, libraries={}, seed=0
-    )
-    write_artifact(net, root, "sensor-fleet", "1", TaskData(sensor=spec), summary)
-    return root
+def fleet_models() -> Path:
+    """The shipped models directory: `sensor-fleet/1`, the one-feature online model the runner uses."""
+    return Path(__file__).resolve().parents[3] / "models"
 
 
 def _write(path: Path, values: np.ndarray) -> list[str]:
@@ -92,7 +75,7 @@ def test_runner_writes_nab_results_and_scores_them(
         assert scores[0] == 0.0 and np.all((scores >= 0) & (scores < 1))
     summary = json.loads((results / "tiny_scores.json").read_text())
     assert set(summary["profiles"]) == set(PROFILES) and summary["readings"] == 1350
-    # the spike stands out of its own stream even for a random model: the likelihood finds it
+    # the spike stands out of its own stream
     with (results / "tiny/artificialWithAnomaly/tiny_spiky.csv").open() as f:
         values = np.array([float(r[2]) for r in list(csv.reader(f))[1:]])
     assert values[450:460].max() > 0.5 > values[300:440].max()
@@ -104,9 +87,10 @@ def test_chunked_requests_answer_what_single_readings_would(
 ) -> None:
     files = nab_runner.read_corpus(corpus[0])[:2]
     settings = Settings(models_dir=fleet_models, snapshot_path=None)
-    chunked = asyncio.run(nab_runner.run_detector(files, settings, "sensor-fleet", lambda n: None))
+    models = ["sensor-fleet"] * len(files)
+    chunked = asyncio.run(nab_runner.run_detector(files, settings, models, lambda n: None))
     monkeypatch.setattr(nab_runner, "CHUNK", 1)
-    single = asyncio.run(nab_runner.run_detector(files, settings, "sensor-fleet", lambda n: None))
+    single = asyncio.run(nab_runner.run_detector(files, settings, models, lambda n: None))
     for a, b in zip(chunked, single, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)  # float32 statistics between requests
 
