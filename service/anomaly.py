@@ -23,6 +23,17 @@ reading lies, in units of that range, max over features) counts as a = RED * d /
 -log10 scale as the likelihood's tail, so d = TOL (HTM's 5% tolerance) is the red alert and larger
 excesses rank higher; `probability` takes the larger of the two. It too waits for WARMUP readings.
 
+Daily profile: many streams repeat a daily pattern (load, traffic, temperature), and a reading that is
+ordinary for the stream can be wrong for its hour (a missing daily peak, a flat stretch where the
+pattern moves, a day that runs low). A next-reading model sees no further back than its state carries,
+so each session also keeps, for each hour of the day (from the readings' timestamps, service.daytime),
+running moments of its readings (exact over the first BIN_MEMORY readings of that hour, then weighted
+1/BIN_MEMORY), and scores each reading by its squared deviation from its hour's mean (in units of that
+hour's std, floored at FLOOR of the stream's overall scale, capped at CAP, mean over features) once its
+hour has MIN_COUNT readings. Those daily surprises get a likelihood of their own (the same rules as the
+model's), whose -log10 tail is a third piece of evidence for `probability`. Readings without a
+timestamp stay out of it.
+
 Online normalisation (fleet models, manifest `normalization: "online"`): reading t enters the model as
 `(r_t - m_{t-1}) / s_{t-1}`, with m, s the running mean and std of readings 0..t-1 (same running-moment
 rule, each reading winsorised at +-CLIP s, floor on s), clipped to +-CLIP: the model sees each stream
@@ -43,6 +54,11 @@ restores, the SIGTERM file, the Redis store and exactly-once replays carry it wi
                       existed starts its range afresh)
            R+1 .. R+F      lowest reading of each feature (reading units)
            R+F+1 .. R+2F   highest reading of each feature
+           D = R+2F+1       readings seen in each hour of the day (HOURS values)
+           D+HOURS ..       running mean of each hour and feature ([HOURS, F], hour-major)
+           D+HOURS+HOURS*F  running variance of each hour and feature
+           D+HOURS+2HOURS*F the daily surprises' likelihood: scored count, long-term mean and variance,
+                            ring of the last WINDOW (as at 2F+1)
 """
 
 from __future__ import annotations
@@ -51,6 +67,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from service.daytime import HOURS
 
 WINDOW = 10  # short-term average of raw scores (nupic's averagingWindow)
 MEMORY = 8640  # running moments: exact means up to this many values, then weight 1/MEMORY (nupic's window)
@@ -62,6 +80,9 @@ VAR_FLOOR = (
 )
 CLIP = 10.0  # online-normalised model inputs are clipped to +-CLIP
 SCALE_FLOOR = 1e-3  # relative floor on a feature's running std: a constant stream still has a scale
+BIN_MEMORY = 30  # readings of one hour of the day in its running moments (2.5 days of 5-minute readings)
+FLOOR = 0.1  # an hour's std is at least this share of the stream's overall scale (a perfect repeat too)
+MIN_COUNT = 3  # readings an hour needs before its readings are scored against it
 TOL = 0.05  # range novelty at the red alert: 5% of the seen range outside it (HTM's spatialTolerance)
 A_NOVEL_MAX = 1e6  # cap on a range novelty's a: probability stays below 1 in float64
 RED = 5.0  # -log10 of the tail at which probability = 0.5 (nupic's red alert: likelihood 0.99999)
@@ -71,7 +92,7 @@ _LOG_2PI = math.log(2 * math.pi)
 
 def stats_floats(features: int) -> int:
     """float values of one session's statistics for a model of `features` features (layout above)."""
-    return 4 * features + 5 + WINDOW
+    return 4 * features + 5 + WINDOW + HOURS * (1 + 2 * features) + 3 + WINDOW
 
 
 def aux_tensors(floats: int, layers: int, hidden: int) -> int:
@@ -98,10 +119,12 @@ def pack(stats: np.ndarray, like: list[np.ndarray]) -> list[np.ndarray]:
     ]
 
 
-def update_moments(mean: np.ndarray, var: np.ndarray, count: np.ndarray, value: np.ndarray) -> None:
-    """Running moments, in place: exact mean and (population) variance of the first MEMORY values, then
-    exponentially weighted with weight 1/MEMORY. `count`: values already in, broadcastable to `mean`."""
-    w = 1.0 / np.minimum(count + 1.0, MEMORY)
+def update_moments(
+    mean: np.ndarray, var: np.ndarray, count: np.ndarray, value: np.ndarray, memory: int = MEMORY
+) -> None:
+    """Running moments, in place: exact mean and (population) variance of the first `memory` values, then
+    exponentially weighted with weight 1/memory. `count`: values already in, broadcastable to `mean`."""
+    w = 1.0 / np.minimum(count + 1.0, memory)
     delta = value - mean
     mean += w * delta
     var *= 1.0 - w
@@ -138,6 +161,7 @@ class Carry:
     centre: np.ndarray  # [B, T+1, F] what reading t was centred by (t = T: the next one)
     scale: np.ndarray  # [B, T+1, F]
     novelty: np.ndarray  # [B, T] range novelty of each reading, on the -log10 tail scale
+    daily: np.ndarray  # [B, T] -log10 tail of the daily surprises' likelihood (0: none)
 
 
 class SessionStats:
@@ -151,19 +175,29 @@ class SessionStats:
         self.mu = np.asarray(mean, np.float64)  # [F] fixed normalisation
         self.sigma = np.asarray(std, np.float64)
         self.range_at = 2 * features + 4 + WINDOW  # layout above
+        self.daily_at = self.range_at + 1 + 2 * features
+        self.daily_track_at = self.daily_at + HOURS * (1 + 2 * features)
 
-    def before(self, readings: np.ndarray, stats: np.ndarray) -> tuple[np.ndarray, Carry]:
-        """Readings [B, T, F] (raw if online, normalised by the manifest otherwise) -> model input x
-        [B, T, F] float32; counts the readings and, online, updates the running moments."""
+    def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The decoder's x [B, T, F + 1] -> (readings [B, T, F], each reading's hour of the day [B, T])."""
+        return x[..., : self.features], x[..., self.features].astype(np.float64)
+
+    def before(
+        self, readings: np.ndarray, stats: np.ndarray, hours: np.ndarray | None = None
+    ) -> tuple[np.ndarray, Carry]:
+        """Readings [B, T, F] (raw if online, normalised by the manifest otherwise) and their hours of the
+        day [B, T] (NaN: unknown; None: all unknown) -> model input x [B, T, F] float32; counts the
+        readings and updates the running moments, the range and the daily profile."""
         b, steps, f = readings.shape
         seen = stats[:, 0].copy()
         stats[:, 0] += steps
+        hours = np.full((b, steps), np.nan) if hours is None else hours
         if not self.online:
             centre = np.broadcast_to(self.mu, (b, steps + 1, f))
-            novelty = self._novelty(readings * self.sigma + self.mu, stats)
             scale = np.broadcast_to(self.sigma, centre.shape)
-            return readings.astype(np.float32), Carry(seen, centre, scale, novelty)
-        novelty = self._novelty(readings, stats)
+            values = readings * self.sigma + self.mu
+            novelty, daily = self._novelty(values, stats), self._daily(values, hours, scale, stats)
+            return readings.astype(np.float32), Carry(seen, centre, scale, novelty, daily)
         mean, var = stats[:, 1 : 1 + f], stats[:, 1 + f : 1 + 2 * f]
         centre, scale = np.empty((b, steps + 1, f)), np.empty((b, steps + 1, f))
         n = seen[:, None]  # [B, 1]
@@ -177,7 +211,8 @@ class SessionStats:
         centre[:, steps], scale[:, steps] = mean, self._scale(mean, var)
         x = np.clip((readings - centre[:, :steps]) / scale[:, :steps], -CLIP, CLIP)
         stats[:, 1 : 1 + f], stats[:, 1 + f : 1 + 2 * f] = mean, var
-        return x.astype(np.float32), Carry(seen, centre, scale, novelty)
+        novelty, daily = self._novelty(readings, stats), self._daily(readings, hours, scale, stats)
+        return x.astype(np.float32), Carry(seen, centre, scale, novelty, daily)
 
     def _novelty(self, values: np.ndarray, stats: np.ndarray) -> np.ndarray:
         """Readings [B, T, F] in reading units -> each one's range novelty a [B, T] against the range of
@@ -200,6 +235,40 @@ class SessionStats:
             count += 1
         return novelty
 
+    def _daily(
+        self, values: np.ndarray, hours: np.ndarray, scale: np.ndarray, stats: np.ndarray
+    ) -> np.ndarray:
+        """Readings [B, T, F] in reading units, their hours [B, T] and the stream's overall scale [B, T(+1),
+        F] -> the -log10 tail [B, T] of each reading's daily-surprise likelihood (0 where it has none);
+        the hours' moments and the likelihood are updated in place."""
+        b, steps, f = values.shape
+        d = self.daily_at
+        counts = stats[:, d : d + HOURS]  # views: written back in place
+        means = stats[:, d + HOURS : d + HOURS * (1 + f)]
+        variances = stats[:, d + HOURS * (1 + f) : d + HOURS * (1 + 2 * f)]
+        surprise = np.full((b, steps), np.nan)
+        for t in range(steps):
+            known = np.flatnonzero(~np.isnan(hours[:, t]))
+            if not known.size:
+                continue
+            hour = hours[known, t].astype(np.intp)
+            cols = hour[:, None] * f + np.arange(f)  # [b', F] this hour's columns
+            value, count = values[known, t], counts[known, hour]
+            mean, var = means[known[:, None], cols], variances[known[:, None], cols]
+            sd = np.maximum(np.sqrt(np.maximum(var, 0.0)), FLOOR * scale[known, t])
+            sd = np.maximum(sd, SCALE_FLOOR * np.abs(mean) + 1e-9)
+            z2 = np.minimum((value - mean) ** 2 / (sd * sd), CAP).mean(axis=1)
+            scored = count >= MIN_COUNT
+            surprise[known[scored], t] = z2[scored]
+            first = count == 0
+            mean[first] = value[first]
+            update_moments(mean, var, count[:, None], value, memory=BIN_MEMORY)
+            means[known[:, None], cols], variances[known[:, None], cols] = mean, var
+            counts[known, hour] = count + 1
+        k = self.daily_track_at
+        tail = self._track(surprise, stats[:, k : k + 3 + WINDOW])
+        return np.where(np.isnan(tail), 0.0, -tail)
+
     @staticmethod
     def _scale(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
         scale: np.ndarray = np.maximum(np.sqrt(np.maximum(var, 0.0)), SCALE_FLOOR * np.abs(mean) + 1e-9)
@@ -217,13 +286,14 @@ class SessionStats:
         z2 = (x - prev_mean) ** 2 / np.exp(prev_lv)
         score = 0.5 * np.sum(_LOG_2PI + prev_lv + z2, axis=2)  # [B, T] Gaussian NLL, as the manifest says
         surprise = np.minimum(z2, CAP).mean(axis=2)
-        log10_q = self._log10_tail(surprise, stats, carry.seen)
-        likelihood = 1.0 - 10.0**log10_q
-        # the likelihood's tail or the range novelty, whichever is the stronger evidence
-        probability = probability_from_tail(-np.maximum(-log10_q, carry.novelty))
         none = (carry.seen[:, None] + np.arange(x.shape[1])) == 0
         for a in (score, surprise):
             a[none] = np.nan
+        k = 2 * self.features + 1
+        log10_q = self._track(surprise, stats[:, k : k + 3 + WINDOW])
+        likelihood = 1.0 - 10.0**log10_q
+        # whichever is the strongest evidence: the likelihood, the range novelty, the daily profile
+        probability = probability_from_tail(-np.maximum(-log10_q, np.maximum(carry.novelty, carry.daily)))
         centre, scale = carry.centre[:, 1:], carry.scale[:, 1:]
         return [
             mean * scale + centre,
@@ -234,18 +304,19 @@ class SessionStats:
             surprise,
         ]
 
-    def _log10_tail(self, surprise: np.ndarray, stats: np.ndarray, seen: np.ndarray) -> np.ndarray:
-        """log10(1 - likelihood) [B, T] of each reading's short-term average surprise; the likelihood's
-        statistics are updated in place."""
+    @staticmethod
+    def _track(surprise: np.ndarray, block: np.ndarray) -> np.ndarray:
+        """log10(1 - likelihood) [B, T] of each reading's short-term average surprise (NaN where a reading
+        has no surprise: it leaves the track as it was); `block` [B, 3 + WINDOW] (scored count, long-term
+        mean and variance, ring) is updated in place."""
         b, steps = surprise.shape
-        k = 2 * self.features + 1
-        m = stats[:, k]  # views: updated in place
-        long_mean, long_var = stats[:, k + 1], stats[:, k + 2]
-        ring = stats[:, k + 3 : k + 3 + WINDOW]
+        m = block[:, 0]  # views: updated in place
+        long_mean, long_var = block[:, 1], block[:, 2]
+        ring = block[:, 3 : 3 + WINDOW]
         rows = np.arange(b)
         log10_q = np.full((b, steps), math.log10(0.5))
         for t in range(steps):
-            live = seen + t > 0  # the first reading of a session has no prediction to be scored against
+            live = ~np.isnan(surprise[:, t])  # e.g. a session's first reading: nothing predicted it
             slot = (m % WINDOW).astype(np.intp)
             ring[rows[live], slot[live]] = surprise[live, t]
             average = ring.sum(axis=1) / np.clip(m + 1, 1, WINDOW)

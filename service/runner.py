@@ -139,7 +139,8 @@ class ModelRunner:
         if self.stats is not None:
             aux = prepared.state[len(self.state_inputs) :]
             stats = unpack(aux, self.stats.floats)  # [B', K] float64
-            x, carry = self.stats.before(x, stats)
+            readings, hours = self.stats.split(x)
+            x, carry = self.stats.before(readings, stats, hours)
         feed = {"x": x, **dict(zip(self.state_inputs, graph_state, strict=True))}
         started = time.perf_counter()
         output = self.model.run(feed, self.output_names)

@@ -158,7 +158,12 @@ class SensorEvents(_Request):
     seq: int | None = Field(default=None, ge=0)
     # NaN and Infinity pass here so that the predictor can name the reading and feature they are in
     readings: list[list[Annotated[float, Field(allow_inf_nan=True)]]]
-    timestamps: list[float | Text] | None = None
+    timestamps: list[float | Text] | None = Field(
+        default=None,
+        description="one per reading, echoed in the answer: ISO 8601 text (its wall-clock hour as written) "
+        "or Unix seconds (the UTC hour); the hour of the day feeds the session's daily profile, which "
+        "readings without a timestamp (or with other text) stay out of",
+    )
 
     @model_validator(mode="after")
     def _timestamps_match(self) -> SensorEvents:

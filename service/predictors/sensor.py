@@ -2,6 +2,8 @@
 
     readings [T, F] -> normalized x = (r - mu) / sigma, float32 [T, F] (manifest normalization "fixed")
                     -> raw readings float64 [T, F], normalised per session in the runner ("online")
+                    each followed by the reading's hour of the day (service.daytime; NaN: unknown),
+                    x [T, F + 1], which the runner splits off for the daily profile
     mean, log_var [T, F] (prediction for the reading after each event), mean_in, log_var_in [F] (prior)
 
 Reading t is scored against the prediction made one step before it: the prior for the first reading of
@@ -23,6 +25,7 @@ import numpy as np
 
 from service import schemas
 from service.anomaly import SessionStats
+from service.daytime import hours_of
 from service.errors import InvalidInput
 from service.metrics import Metrics
 from service.predictors.base import Decoded, check_event_count, fingerprint, validate
@@ -105,6 +108,8 @@ class SensorPredictor:
             self._refuse_non_finite(raw)
         # online: the runner normalises with the session's running moments (service.anomaly)
         x = raw if self.online else ((raw - self.mu) / self.sigma).astype(np.float32)
+        # each reading's hour of the day rides along as a last column, for the daily profile
+        x = np.column_stack([x, hours_of(timestamps, len(readings)).astype(x.dtype)])
         fp = 0
         if seq is not None:
             fp = fingerprint(raw.tobytes(), repr(timestamps).encode())

@@ -10,7 +10,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from service import anomaly
+from service import anomaly, daytime
 from service.anomaly import SessionStats, pack, unpack
 
 pytestmark = pytest.mark.unit
@@ -26,6 +26,7 @@ class Reference:
         self.m = 0
         self.long_mean = self.long_var = 0.0
         self.ring: deque[float] = deque(maxlen=anomaly.WINDOW)
+        self.last_scale = [0.0] * features  # the scale the last reading was normalised by
 
     @staticmethod
     def _moments(mean: float, var: float, count: int, value: float) -> tuple[float, float]:
@@ -41,6 +42,7 @@ class Reference:
             scale = max(math.sqrt(self.var[f]), anomaly.SCALE_FLOOR * abs(self.mean[f]) + 1e-9)
             x = min(max((r - self.mean[f]) / scale, -anomaly.CLIP), anomaly.CLIP)
             out.append(x)
+            self.last_scale[f] = scale
             tamed = r if self.n == 0 else self.mean[f] + x * scale
             self.mean[f], self.var[f] = self._moments(self.mean[f], self.var[f], self.n, tamed)
         self.n += 1
@@ -220,3 +222,106 @@ def test_probability_takes_the_stronger_of_likelihood_and_range_novelty() -> Non
     assert np.all(probability >= novelty / (novelty + anomaly.RED))
     assert carry.novelty[0, n - 60] > anomaly.RED and probability[n - 61] > 0.5
     assert probability.max() < 1.0
+
+
+class DailyReference:
+    """The daily profile of the module docs, for one stream and one reading at a time."""
+
+    def __init__(self, features: int) -> None:
+        self.count = [0] * 24
+        self.mean = [[0.0] * features for _ in range(24)]
+        self.var = [[0.0] * features for _ in range(24)]
+        self.track = Reference(features)  # its likelihood() is the track's rule
+
+    def step(self, reading: list[float], hour: int | None, scale: list[float]) -> float | None:
+        """The likelihood of the reading's daily surprise; None where it has none."""
+        if hour is None:
+            return None
+        mean, var, surprise = self.mean[hour], self.var[hour], None
+        if self.count[hour] >= anomaly.MIN_COUNT:
+            z2 = []
+            for f, r in enumerate(reading):
+                sd = max(
+                    math.sqrt(var[f]), anomaly.FLOOR * scale[f], anomaly.SCALE_FLOOR * abs(mean[f]) + 1e-9
+                )
+                z2.append(min((r - mean[f]) ** 2 / sd**2, anomaly.CAP))
+            surprise = sum(z2) / len(z2)
+        for f, r in enumerate(reading):
+            if self.count[hour] == 0:
+                mean[f] = r
+            w = 1.0 / min(self.count[hour] + 1, anomaly.BIN_MEMORY)
+            d = r - mean[f]
+            mean[f], var[f] = mean[f] + w * d, (1 - w) * (var[f] + w * d * d)
+        self.count[hour] += 1
+        return None if surprise is None else self.track.likelihood(surprise)
+
+
+def _daily_stream(days: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Hourly readings of a daily square wave (high 9:00-17:00) with noise; ISO timestamps."""
+    rng = np.random.default_rng(seed)
+    hours = np.arange(24 * days) % 24
+    readings = np.where((hours >= 9) & (hours < 17), 80.0, 20.0) + rng.normal(0, 2.0, hours.size)
+    stamps = [f"2015-03-{1 + i // 24:02d}T{i % 24:02d}:30:00" for i in range(hours.size)]
+    return readings[:, None], stamps
+
+
+def _run_daily(hooks: SessionStats, readings: np.ndarray, hours: np.ndarray, cuts: list[int]) -> np.ndarray:
+    like = [np.zeros((1, 1, 8), np.float32) for _ in range(anomaly.aux_tensors(hooks.floats, 1, 8))]
+    state, parts = like, []
+    for a, b in itertools.pairwise([0, *cuts, len(readings)]):
+        stats = unpack(state, hooks.floats)
+        _, carry = hooks.before(readings[None, a:b], stats, hours[None, a:b])
+        parts.append(carry.daily[0])
+        state = pack(stats, like)
+    return np.concatenate(parts)
+
+
+def test_daily_profile_matches_the_reference_and_finds_a_day_that_stays_low() -> None:
+    readings, stamps = _daily_stream(days=20, seed=4)
+    readings[24 * 18 + 9 : 24 * 18 + 17] = 20.0 + np.random.default_rng(1).normal(0, 2.0, (8, 1))  # no peak
+    hours = daytime.hours_of(stamps, len(stamps))
+    hours[5] = np.nan  # a reading without a timestamp stays out of the profile
+    for online, cuts in ((True, []), (True, [1, 30, 200, 431]), (False, [2, 300])):
+        hooks = SessionStats(1, online=online, mean=np.array([50.0]), std=np.array([30.0]))
+        given = readings if online else (readings - 50.0) / 30.0
+        got = _run_daily(hooks, given, hours, cuts)
+        ref, norm, want = DailyReference(1), Reference(1), []
+        for t in range(len(readings)):
+            norm.normalise(readings[t].tolist())
+            scale = norm.last_scale if online else [30.0]
+            hour = None if math.isnan(hours[t]) else int(hours[t])
+            lk = ref.step(readings[t].tolist(), hour, scale)
+            want.append(0.0 if lk is None else -math.log10(max(1.0 - lk, 1e-300)))
+        want_a = np.array(want)
+        exact = want_a < 9  # 1 - cdf in float64: nine digits
+        np.testing.assert_allclose(got[exact], want_a[exact], rtol=1e-4, atol=1e-6)
+        assert np.all(got[~exact] > 8)
+        # the missing peak: ordinary values for the stream, wrong for their hours
+        assert got[24 * 18 + 9 : 24 * 18 + 17].max() > anomaly.RED > got[24 * 12 : 24 * 18].max()
+
+
+def test_readings_without_hours_leave_the_profile_as_it_was() -> None:
+    readings, stamps = _daily_stream(days=2, seed=5)
+    hooks = SessionStats(1, online=True, mean=np.zeros(1), std=np.ones(1))
+    stats = np.zeros((1, hooks.floats))
+    hooks.before(readings[None, :30], stats, daytime.hours_of(stamps[:30], 30)[None])
+    block = slice(hooks.daily_at, hooks.floats)
+    kept = stats[0, block].copy()
+    _, carry = hooks.before(readings[None, 30:], stats)  # no timestamps
+    np.testing.assert_array_equal(stats[0, block], kept)
+    assert not carry.daily.any()
+
+
+def test_hours_of_timestamps() -> None:
+    stamps: list[float | str] = [
+        "2014-04-01 13:05:00",
+        "2014-04-01T13:05:00+02:00",  # local time as written
+        "2014-04-01T23:59:59Z",
+        3600 * 24 * 365 + 7 * 3600 + 0.5,  # Unix seconds: the UTC hour
+        -0.5,  # 23:59:59.5 on 1969-12-31
+        "yesterday",
+        " 2014-04-01 06:00 ",
+    ]
+    got = daytime.hours_of(stamps, len(stamps))
+    np.testing.assert_array_equal(got, [13, 13, 23, 7, 23, np.nan, 6])
+    assert np.isnan(daytime.hours_of(None, 3)).all()

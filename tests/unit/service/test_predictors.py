@@ -139,8 +139,9 @@ def test_sampling_greedy_top_k_and_seeded() -> None:
 def test_sensor_decodes_normalized_readings_and_refuses_bad_values(registry: Registry) -> None:
     predictor = sensor(registry)
     decoded = predictor.decode({"readings": [[25.0, 990.0, 0.6], [20, 1000, 0.5]], "timestamps": [1.5, "t"]})
-    assert decoded.x.dtype == np.float32 and decoded.x.shape == (2, 3)
-    np.testing.assert_allclose(decoded.x[0], [1.0, -1.0, 1.0], rtol=1e-6)
+    assert decoded.x.dtype == np.float32 and decoded.x.shape == (2, 4)  # + each reading's hour of the day
+    np.testing.assert_allclose(decoded.x[0, :3], [1.0, -1.0, 1.0], rtol=1e-6)
+    np.testing.assert_array_equal(decoded.x[:, 3], [0.0, np.nan])  # Unix 1.5 s: 00:00 UTC; "t": no hour
     assert predictor.decode({"readings": [[1e31, 0.0, 0.0]]}).x[0, 0] == pytest.approx(2e30)  # large, fine
     for readings, words in (
         ([[1.0, 2.0]], "has 2 values"),
@@ -158,7 +159,8 @@ def sensor_job(predictor: SensorPredictor, outputs: list[np.ndarray], x: np.ndar
     hooks = predictor.session_stats
     stats = np.zeros((1, hooks.floats))
     stats[0, 0] = seen
-    model_x, carry = hooks.before(x[None], stats)
+    readings, hours = hooks.split(x[None])
+    model_x, carry = hooks.before(readings, stats, hours)
     derived = hooks.after([a[None] for a in outputs], model_x, stats, carry)
     return StepResult(outputs=[a[0] for a in derived], seq=len(x), state=None)
 

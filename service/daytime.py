@@ -1,0 +1,34 @@
+"""The hour of the day of a sensor reading, from the timestamp the client sent with it.
+
+A reading's daily profile (service.anomaly) needs its wall-clock hour: a text timestamp in ISO 8601 is
+read as written (`2014-04-01 13:05:00` and `2014-04-01T13:05:00+02:00` are both hour 13: a daily
+pattern follows the sensor's local clock, and the offset says where that is); a number is Unix time in
+seconds, whose hour is taken in UTC. A reading without a timestamp, or whose text is not ISO 8601 (the
+API echoes any text), has no hour (NaN) and stays out of the daily profile.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+HOURS = 24
+
+
+def _hour(stamp: float | str) -> float:
+    if isinstance(stamp, str):
+        try:
+            return float(dt.datetime.fromisoformat(stamp.strip()).hour)
+        except ValueError:
+            return math.nan
+    return float((math.floor(stamp) // 3600) % HOURS) if math.isfinite(stamp) else math.nan
+
+
+def hours_of(timestamps: Sequence[float | str] | None, count: int) -> np.ndarray:
+    """[count] float64: each reading's hour of the day (0..23), NaN where it has none."""
+    if timestamps is None:
+        return np.full(count, math.nan)
+    return np.fromiter((_hour(t) for t in timestamps), np.float64, count)
