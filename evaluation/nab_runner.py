@@ -85,7 +85,9 @@ async def _score_file(
     try:
         for start in range(0, len(f.values), CHUNK):
             readings = [[v] for v in f.values[start : start + CHUNK].tolist()]
-            response = await manager.step(sid, None, {"readings": readings, "seq": start})
+            stamps = f.timestamps[start : start + CHUNK]  # the hour of the day feeds the daily profile
+            body = {"readings": readings, "timestamps": stamps, "seq": start}
+            response = await manager.step(sid, None, body)
             for i, out in enumerate(response.outputs):
                 assert isinstance(out, schemas.SensorOutput)
                 scores[start + i] = 0.0 if out.probability is None else out.probability
