@@ -34,6 +34,11 @@ hour has MIN_COUNT readings. Those daily surprises get a likelihood of their own
 model's), whose -log10 tail is a third piece of evidence for `probability`. Readings without a
 timestamp stay out of it.
 
+Warm-up: the likelihoods and the range wait for WARMUP readings. A model trained on this sensor's own
+history (fixed normalisation) has a calibration of its raw score from training; until then its evidence
+is RED * exp((score - center) / scale), which makes `probability` the manifest's logistic. A fleet model
+(online) knows nothing of a new stream's scores: its sessions only learn.
+
 Online normalisation (fleet models, manifest `normalization: "online"`): reading t enters the model as
 `(r_t - m_{t-1}) / s_{t-1}`, with m, s the running mean and std of readings 0..t-1 (same running-moment
 rule, each reading winsorised at +-CLIP s, floor on s), clipped to +-CLIP: the model sees each stream
@@ -84,7 +89,7 @@ BIN_MEMORY = 30  # readings of one hour of the day in its running moments (2.5 d
 FLOOR = 0.1  # an hour's std is at least this share of the stream's overall scale (a perfect repeat too)
 MIN_COUNT = 3  # readings an hour needs before its readings are scored against it
 TOL = 0.05  # range novelty at the red alert: 5% of the seen range outside it (HTM's spatialTolerance)
-A_NOVEL_MAX = 1e6  # cap on a range novelty's a: probability stays below 1 in float64
+A_NOVEL_MAX = 1e6  # cap on range novelty's and calibration's a: probability stays below 1 in float64
 RED = 5.0  # -log10 of the tail at which probability = 0.5 (nupic's red alert: likelihood 0.99999)
 _LOG10 = math.log(10.0)
 _LOG_2PI = math.log(2 * math.pi)
@@ -168,8 +173,16 @@ class SessionStats:
     """The runner's hooks for a sensor model's per-session statistics (see the module docs); `stats` is
     [B, floats] float64, updated in place."""
 
-    def __init__(self, features: int, online: bool, mean: np.ndarray, std: np.ndarray) -> None:
+    def __init__(
+        self,
+        features: int,
+        online: bool,
+        mean: np.ndarray,
+        std: np.ndarray,
+        calibration: tuple[float, float] | None = None,
+    ) -> None:
         self.features = features
+        self.calibration = calibration  # (center, scale) of the raw score: the warm-up's evidence
         self.floats = stats_floats(features)
         self.online = online
         self.mu = np.asarray(mean, np.float64)  # [F] fixed normalisation
@@ -293,7 +306,10 @@ class SessionStats:
         log10_q = self._track(surprise, stats[:, k : k + 3 + WINDOW])
         likelihood = 1.0 - 10.0**log10_q
         # whichever is the strongest evidence: the likelihood, the range novelty, the daily profile
-        probability = probability_from_tail(-np.maximum(-log10_q, np.maximum(carry.novelty, carry.daily)))
+        evidence = np.maximum(carry.novelty, carry.daily)
+        if self.calibration is not None:
+            evidence = np.maximum(evidence, self._calibrated(score, carry.seen))
+        probability = probability_from_tail(-np.maximum(-log10_q, evidence))
         centre, scale = carry.centre[:, 1:], carry.scale[:, 1:]
         return [
             mean * scale + centre,
@@ -303,6 +319,16 @@ class SessionStats:
             likelihood,
             surprise,
         ]
+
+    def _calibrated(self, score: np.ndarray, seen: np.ndarray) -> np.ndarray:
+        """The training calibration's evidence [B, T] while the likelihood warms up (0 after): a model
+        trained on this sensor's history knows its scores, and RED * exp((score - center) / scale) makes
+        probability the manifest's logistic, 0.5 at the threshold training chose."""
+        assert self.calibration is not None
+        center, scale = self.calibration
+        warming = (seen[:, None] + np.arange(score.shape[1]) - 1) < WARMUP  # scored readings before each
+        u = np.minimum((np.nan_to_num(score, nan=-np.inf) - center) / scale, math.log(A_NOVEL_MAX / RED))
+        return np.where(warming, RED * np.exp(u), 0.0)
 
     @staticmethod
     def _track(surprise: np.ndarray, block: np.ndarray) -> np.ndarray:

@@ -82,7 +82,9 @@ class SensorPredictor:
         self.sigma = np.asarray(spec.std, np.float64)  # [F]
         self.calibration = spec.calibration
         self.online = spec.normalization == "online"
-        self.session_stats = SessionStats(len(self.features), self.online, self.mu, self.sigma)
+        # a fixed-normalisation model was trained on this sensor's history: its calibration holds for it
+        prior = None if self.online else (self.calibration.center, self.calibration.scale)
+        self.session_stats = SessionStats(len(self.features), self.online, self.mu, self.sigma, prior)
         self.settings = settings
         self.anomaly_counter = metrics.anomalies.labels(model.name, model.version) if metrics else None
 

@@ -325,3 +325,27 @@ def test_hours_of_timestamps() -> None:
     got = daytime.hours_of(stamps, len(stamps))
     np.testing.assert_array_equal(got, [13, 13, 23, 7, 23, np.nan, 6])
     assert np.isnan(daytime.hours_of(None, 3)).all()
+
+
+def test_a_trained_models_calibration_speaks_until_the_session_has_warmed_up() -> None:
+    center, scale = 6.0, 1.5
+    rng = np.random.default_rng(8)
+    n = anomaly.WARMUP + 40
+    x = rng.normal(0, 0.5, (n, 1))
+    x[[10, n - 10]] = 6.0  # the same wild reading early and late
+    hooks = SessionStats(1, online=False, mean=np.zeros(1), std=np.ones(1), calibration=(center, scale))
+    stats = np.zeros((1, hooks.floats))
+    model_x, carry = hooks.before(x[None], stats)
+    preds = np.zeros((1, n, 1))
+    out = hooks.after([preds, preds, preds[:, 0], preds[:, 0]], model_x, stats, carry)
+    score, probability = out[2][0], out[3][0]
+    logistic = 1.0 / (1.0 + np.exp(-(score - center) / scale))
+    early = slice(1, anomaly.WARMUP + 1)  # the first WARMUP scored readings: the manifest's logistic
+    baseline = -math.log10(0.5) / (-math.log10(0.5) + anomaly.RED)  # the warming likelihood's 0.5
+    np.testing.assert_allclose(probability[early], np.maximum(logistic[early], baseline), rtol=1e-9)
+    assert probability[10] > 0.5  # flagged by the calibration during warm-up
+    uncalibrated = SessionStats(1, online=False, mean=np.zeros(1), std=np.ones(1))
+    stats = np.zeros((1, uncalibrated.floats))
+    model_x, carry = uncalibrated.before(x[None], stats)
+    plain = uncalibrated.after([preds, preds, preds[:, 0], preds[:, 0]], model_x, stats, carry)[3][0]
+    np.testing.assert_array_equal(probability[anomaly.WARMUP + 1 :], plain[anomaly.WARMUP + 1 :])

@@ -185,9 +185,13 @@ def test_sensor_scores_against_the_prediction_one_step_before(registry: Registry
         for x, m, lv in zip(x1, mean[0].tolist(), log_var[0].tolist(), strict=True)
     ]
     assert out[1]["surprise"] == pytest.approx(sum(z2) / 3, rel=1e-6)
-    # a fresh session is still learning its own score distribution: likelihood 0.5, not an anomaly
-    assert out[1]["likelihood"] == 0.5 and out[1]["is_anomaly"] is False
-    assert out[1]["probability"] == pytest.approx(math.log10(2) / (math.log10(2) + 5))
+    # a fresh session is still learning its own score distribution (likelihood 0.5); meanwhile the
+    # trained model's calibration speaks: probability is the larger of its logistic and the 0.5's
+    assert out[1]["likelihood"] == 0.5
+    cal = predictor.calibration
+    logistic = 1 / (1 + math.exp(-(want - cal.center) / cal.scale))
+    assert out[1]["probability"] == pytest.approx(max(logistic, math.log10(2) / (math.log10(2) + 5)))
+    assert out[1]["is_anomaly"] is (logistic >= 0.5)
     assert out[0]["predicted_mean"] == pytest.approx([22.5, 995.0, 0.5])
     assert out[0]["predicted_std"] == pytest.approx([5.0, 10 * math.exp(0.1), 0.1 * math.exp(-0.1)], rel=1e-6)
     first = predictor.encode(decoded, sensor_job(predictor, outputs, decoded.x, 3), seq_before=3)[0]
