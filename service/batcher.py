@@ -237,6 +237,35 @@ class Batcher(Generic[I, O]):
             return output.output, output.seconds
         return output, time.perf_counter() - started
 
+    async def run_prepared(self, prepared: Any, jobs: int, events: int) -> Any:
+        """Run `prepared` (what `batch` would give for `jobs` jobs of `events` events, built by the
+        caller from arrays: bulk ingest on the memory store) as one call on the worker thread, beside
+        the queue; returns `predict`'s output, or raises InferenceFailed (ShuttingDown when closing)."""
+        if self._closing:
+            raise ShuttingDown("the server is shutting down")
+        loop = asyncio.get_running_loop()
+        try:
+            output, inference_s = await loop.run_in_executor(self._executor, self._predict, prepared)
+        except Exception as exc:
+            raise self._failed(exc, jobs, events) from None
+        self._observe(jobs, events, inference_s)
+        return output
+
+    def _failed(self, exc: Exception, jobs: int, events: int) -> InferenceFailed:
+        log.exception("batcher %s: a batch of %d job(s) x %d event(s) failed", self.name, jobs, events)
+        if self.metrics is not None:
+            self.metrics.batch_failures.labels(*self.labels).inc()
+        message = f"inference failed for a batch of {jobs} session(s): {type(exc).__name__}: {exc}"
+        return InferenceFailed(message, events=events, batch_size=jobs)
+
+    def _observe(self, jobs: int, events: int, inference_s: float) -> None:
+        self.batches_run += 1
+        if self.metrics is not None:
+            m, labels = self.metrics, self.labels
+            m.batch_size.labels(*labels).observe(jobs)
+            m.batch_events.labels(*labels).observe(jobs * events)
+            m.inference_time.labels(*labels).observe(inference_s)
+
     async def _run_group(self, events: int, jobs: list[_Job[I, O]]) -> None:
         items = [job.item for job in jobs]
         loop = asyncio.get_running_loop()
@@ -254,22 +283,12 @@ class Batcher(Generic[I, O]):
                     job.future.set_exception(_own_copy(exc))
             return
         except Exception as exc:
-            log.exception(
-                "batcher %s: a batch of %d job(s) x %d event(s) failed", self.name, len(jobs), events
-            )
-            if self.metrics is not None:
-                self.metrics.batch_failures.labels(*self.labels).inc()
-            message = f"inference failed for a batch of {len(jobs)} session(s): {type(exc).__name__}: {exc}"
+            failed = self._failed(exc, len(jobs), events)
             for job in jobs:  # one exception object per caller: each one's traceback is its own
                 if not job.future.done():
-                    job.future.set_exception(InferenceFailed(message, events=events, batch_size=len(jobs)))
+                    job.future.set_exception(_own_copy(failed))
             return
-        self.batches_run += 1
-        if self.metrics is not None:
-            m, labels = self.metrics, self.labels
-            m.batch_size.labels(*labels).observe(len(jobs))
-            m.batch_events.labels(*labels).observe(len(jobs) * events)
-            m.inference_time.labels(*labels).observe(inference_s)
+        self._observe(len(jobs), events, inference_s)
         for job, result in zip(jobs, results, strict=True):
             if not job.future.done():
                 job.future.set_result(result)

@@ -19,17 +19,18 @@ time per session, in arrival order) and fails alone. Two lanes:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from service import stepping
+from service.bulk_slab import SlabLane
 from service.error_handlers import error_json
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceError
 from service.predictors.base import Decoded
 from service.schemas import is_text
-from service.store import SessionRecord
+from service.store import MemoryStore, SessionRecord
 from service.turns import Turns
 
 if TYPE_CHECKING:
@@ -84,6 +85,22 @@ class BulkSteps:
     def __init__(self, manager: SessionManager, turns: Turns) -> None:
         self.manager = manager
         self.turns = turns
+        store = manager.store
+        self.slab = SlabLane(manager, store) if isinstance(store, MemoryStore) else None
+
+    @staticmethod
+    def _answered(results: list[bytes]) -> Callable[[int, str, bytes], None]:
+        def answered(i: int, session_id: str, answer: bytes) -> None:
+            results[i] = _ok(session_id, answer)
+
+        return answered
+
+    @staticmethod
+    def _refused(results: list[bytes]) -> Callable[[int, str, ServiceError], None]:
+        def refused(i: int, session_id: str, error: ServiceError) -> None:
+            results[i] = _failed(session_id, error)
+
+        return refused
 
     async def run(self, owner: str | None, body: object) -> bytes:
         """The JSON answer `{"results": [...]}` of one bulk body."""
@@ -134,6 +151,8 @@ class BulkSteps:
     ) -> None:
         """Steps whose turn this request holds: look up, decode, then one call per (version, events)."""
         manager = self.manager
+        if self.slab is not None:
+            lane = await self.slab.run(owner, lane, self._answered(results), self._refused(results))
         # no touch: only applied steps restart a session's idle TTL (their commit marks it used)
         ids = [session_id for _, session_id, _ in lane]
         records = await manager.store.lookup_many(ids, owner, touch=False)

@@ -294,6 +294,10 @@ class SessionManager:
         seq, state = await self.store.read_state(record)
         return encode_snapshot(model, seq, state)
 
+    def served_now(self, model_key: str) -> Served | None:
+        """The version `model_key` if this process serves it already (no loading, no error)."""
+        return self._served.get(model_key)
+
     def served_for(self, record: SessionRecord) -> Served:
         return self._served.get(record.model_key) or self._served_for(record)
 

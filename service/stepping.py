@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 import orjson
@@ -108,6 +108,11 @@ async def settle(
     return None
 
 
+def answer_body(seq: int, outputs: list[dict[str, Any]]) -> bytes:
+    """The JSON answer of a step: the session's seq after it and one output per event."""
+    return orjson.dumps({"seq": seq, "outputs": outputs})
+
+
 def _answer_hook(
     served: Served, decoded: Decoded, seq_before: int
 ) -> Callable[[StepResult], tuple[bytes, StoredAnswer | None]]:
@@ -116,9 +121,7 @@ def _answer_hook(
 
     def answer(result: StepResult) -> tuple[bytes, StoredAnswer | None]:
         # straight from the predictor's plain values to JSON: no model objects on the hot path
-        body = orjson.dumps(
-            {"seq": result.seq, "outputs": served.predictor.encode(decoded, result, seq_before)}
-        )
+        body = answer_body(result.seq, served.predictor.encode(decoded, result, seq_before))
         if decoded.seq is None:
             return body, None
         return body, StoredAnswer(decoded.seq, decoded.fingerprint, body)

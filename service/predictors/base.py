@@ -10,13 +10,14 @@ Predictors hold no session state and never touch ONNX Runtime; the batcher and r
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from service.errors import BadRequest, InvalidInput
+from service.errors import BadRequest, InvalidInput, ServiceError
 from service.runner import StepResult
 
 R = TypeVar("R", bound=BaseModel)
@@ -37,6 +38,34 @@ class Decoded:
         return int(self.x.shape[0])
 
 
+@dataclass(slots=True)
+class DecodedMany:
+    """Many steps' model input with one event count T (bulk ingest): what `decode` gives each of
+    them, as arrays."""
+
+    index: list[int]  # the steps' positions in the list given to `decode_many`
+    x: np.ndarray  # lm int64 [B, T]; sensor [B, T, F]
+    seqs: list[int | None]
+    fingerprints: list[int]
+    contexts: list[Any]  # per step, as `Decoded.context`
+    params: np.ndarray  # int64 [B]
+
+    @property
+    def events(self) -> int:
+        return int(self.x.shape[1])
+
+    def take(self, keep: list[int]) -> DecodedMany:
+        """The steps at positions `keep` (of this group) only."""
+        return DecodedMany(
+            [self.index[j] for j in keep],
+            self.x[keep],
+            [self.seqs[j] for j in keep],
+            [self.fingerprints[j] for j in keep],
+            [self.contexts[j] for j in keep],
+            self.params[keep],
+        )
+
+
 class Predictor(Protocol):
     task: str
 
@@ -48,6 +77,19 @@ class Predictor(Protocol):
 
     def encode(self, decoded: Decoded, result: StepResult, seq_before: int) -> list[dict[str, Any]]:
         """One output per event, as plain values for `schemas.StepResponse` to validate in one go."""
+        ...
+
+    def decode_many(self, payloads: Sequence[dict[str, Any]]) -> tuple[list[DecodedMany], list[int]]:
+        """`decode` of many steps at once: the groups (by event count, at least one event) of those it
+        takes as they are, and the positions of the others, which `decode` must answer one by one
+        (it refuses them, or converts them)."""
+        ...
+
+    def encode_many(
+        self, group: DecodedMany, outputs: list[np.ndarray], seq_before: list[int]
+    ) -> list[list[dict[str, Any]]]:
+        """`encode` of each step of `group`, from the batch's arrays [B, ...] (postprocess's, or the
+        session statistics'); `seq_before`: each session's seq before its step."""
         ...
 
 
@@ -85,3 +127,34 @@ def check_event_count(events: int, limit: int) -> None:
         raise InvalidInput(
             f"{events} events in one request; the limit is {limit}", events=events, limit=limit
         )
+
+
+def decode_each(
+    decode: Callable[[dict[str, Any]], Decoded], payloads: Sequence[dict[str, Any]]
+) -> tuple[list[DecodedMany], list[int]]:
+    """`decode_many` by `decode` of each step, grouped by event count; a step that `decode` refuses
+    or that has no event is left out (the general path decodes it again and answers it)."""
+    by_events: dict[int, list[tuple[int, Decoded]]] = {}
+    rest: list[int] = []
+    for n, payload in enumerate(payloads):
+        try:
+            decoded = decode(payload)
+        except ServiceError:
+            rest.append(n)
+            continue
+        if decoded.events == 0:
+            rest.append(n)
+        else:
+            by_events.setdefault(decoded.events, []).append((n, decoded))
+    groups = [
+        DecodedMany(
+            [n for n, _ in members],
+            np.stack([d.x for _, d in members]),
+            [d.seq for _, d in members],
+            [d.fingerprint for _, d in members],
+            [d.context for _, d in members],
+            np.fromiter((d.param for _, d in members), np.int64, len(members)),
+        )
+        for members in by_events.values()
+    ]
+    return groups, rest

@@ -11,7 +11,7 @@ which is null only for a session that has consumed nothing (seq 0).
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,14 @@ import numpy as np
 from service import schemas
 from service.errors import InvalidInput
 from service.metrics import Metrics
-from service.predictors.base import Decoded, check_event_count, fingerprint, validate
+from service.predictors.base import (
+    Decoded,
+    DecodedMany,
+    check_event_count,
+    decode_each,
+    fingerprint,
+    validate,
+)
 from service.predictors.detok import detokenize
 from service.registry import LoadedModel
 from service.runner import StepResult
@@ -97,15 +104,51 @@ class LmPredictor:
         top_ids, top_probs = top_k(log_probs, int(params.max(initial=0)))
         return [log_probs, log_probs_in, came, top_ids, top_probs]
 
+    def decode_many(self, payloads: Sequence[dict[str, Any]]) -> tuple[list[DecodedMany], list[int]]:
+        return decode_each(self.decode, payloads)
+
     def encode(self, decoded: Decoded, result: StepResult, seq_before: int) -> list[dict[str, Any]]:
-        ctx: LmContext = decoded.context
         _, _, came, top_ids, top_probs = result.outputs  # [T], [T, k'], [T, k'] with k' >= top_k
-        logprob: list[float | None] = list(came.tolist())
-        if seq_before == 0:
+        return self._outputs(
+            decoded.context,
+            decoded.x.tolist(),
+            came.tolist(),
+            top_ids.tolist(),
+            top_probs.tolist(),
+            seq_before == 0,
+        )
+
+    def encode_many(
+        self, group: DecodedMany, outputs: list[np.ndarray], seq_before: list[int]
+    ) -> list[list[dict[str, Any]]]:
+        _, _, came, top_ids, top_probs = outputs  # [B, T], [B, T, k'], [B, T, k']
+        ids, came_rows, top_rows, prob_rows = (
+            group.x.tolist(),
+            came.tolist(),
+            top_ids.tolist(),
+            top_probs.tolist(),
+        )
+        return [
+            self._outputs(context, ids[j], came_rows[j], top_rows[j], prob_rows[j], before == 0)
+            for j, (context, before) in enumerate(zip(group.contexts, seq_before, strict=True))
+        ]
+
+    def _outputs(
+        self,
+        ctx: LmContext,
+        ids: list[int],
+        came: list[float],
+        top_list: list[list[int]],
+        prob_list: list[list[float]],
+        first: bool,
+    ) -> list[dict[str, Any]]:
+        """One step's outputs from its rows of the derived arrays (as lists); `first`: the step starts
+        the session (its first word was predicted by nothing)."""
+        logprob: list[float | None] = list(came)
+        if first:
             logprob[0] = None
         k, vocab = ctx.top_k, self.vocab
-        ids, unknown = decoded.x.tolist(), ctx.unknown.tolist()
-        top_list, prob_list = top_ids.tolist(), top_probs.tolist()
+        unknown = ctx.unknown.tolist()
         if not ctx.include_special:
             skip = self.special_ids
             for row, (nxt, probs) in enumerate(zip(top_list, prob_list, strict=True)):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ from service.anomaly import SessionStats
 from service.daytime import hours_of
 from service.errors import InvalidInput
 from service.metrics import Metrics
-from service.predictors.base import Decoded, check_event_count, fingerprint, validate
+from service.predictors.base import Decoded, DecodedMany, check_event_count, fingerprint, validate
 from service.registry import LoadedModel
 from service.runner import StepResult
 from service.settings import Settings
@@ -50,12 +51,20 @@ def _plain_events(
     """(seq, readings, timestamps) of a body that `schemas.SensorEvents` takes as it is (ints of
     timestamps become floats, as the schema makes them), without building the model; None for any
     other body (the schema then accepts it, converting, or refuses it)."""
+    head = _plain_head(payload)
+    if head is None or not all(type(r) is list and all(_number(v) for v in r) for r in head[1]):
+        return None
+    return head
+
+
+def _plain_head(
+    payload: dict[str, object],
+) -> tuple[int | None, list[list[float]], list[float | str] | None] | None:
+    """`_plain_events` but for the readings' values (bulk ingest checks them all at once)."""
     if type(payload) is not dict or not payload.keys() <= _EVENTS_KEYS:
         return None
     seq, readings, stamps = payload.get("seq"), payload.get("readings"), payload.get("timestamps")
     if not (seq is None or (type(seq) is int and seq >= 0)) or type(readings) is not list:
-        return None
-    if not all(type(r) is list and all(_number(v) for v in r) for r in readings):
         return None
     if stamps is None:
         return seq, readings, None
@@ -64,6 +73,23 @@ def _plain_events(
     if not all((type(t) is str and schemas.is_text(t)) or (_number(t) and math.isfinite(t)) for t in stamps):
         return None  # the schema refuses non-finite stamps and text the answer cannot echo
     return seq, readings, [t if type(t) is str else float(t) for t in stamps]
+
+
+def _all_numbers(values: list[object]) -> bool:
+    """`_number` of every value, at C speed in the common case (all floats)."""
+    kinds = set(map(type, values))
+    if kinds <= {float}:
+        return True
+    return kinds <= {float, int} and all(_number(v) for v in values)
+
+
+@dataclass(slots=True)
+class _Group:
+    """Plain steps with the same count of readings, as `decode_many` collects them."""
+
+    index: list[int]
+    heads: list[tuple[int | None, list[list[float]], list[float | str] | None]]
+    values: list[object]  # every reading's values, in order
 
 
 @dataclass(slots=True)
@@ -136,19 +162,102 @@ class SensorPredictor:
         session statistics that this hook does not see."""
         return outputs
 
+    def decode_many(self, payloads: Sequence[dict[str, Any]]) -> tuple[list[DecodedMany], list[int]]:
+        """`decode` of many steps: each plain step's readings join one flat list per count of readings,
+        checked and converted in one go; a step that is not plain, holds a reading of the wrong width,
+        no reading, too many, or a value that is not finite (normalized) is left to `decode`."""
+        width, limit = len(self.features), self.settings.max_events_per_request
+        groups: dict[int, _Group] = {}
+        rest: list[int] = []
+        for n, payload in enumerate(payloads):
+            head = _plain_head(payload)
+            steps = 0 if head is None else len(head[1])
+            if head is None or not 0 < steps <= limit:
+                rest.append(n)
+                continue
+            group = groups.get(steps)
+            if group is None:
+                group = groups[steps] = _Group([], [], [])
+            values, mark = group.values, len(group.values)
+            for reading in head[1]:
+                if type(reading) is not list or len(reading) != width:
+                    del values[mark:]
+                    rest.append(n)
+                    break
+                values.extend(reading)
+            else:
+                group.index.append(n)
+                group.heads.append(head)
+        decoded = []
+        for steps, group in groups.items():
+            if not _all_numbers(group.values):  # rare: find the steps that are not plain
+                plain = {j for j, n in enumerate(group.index) if _plain_events(payloads[n]) is not None}
+                rest.extend(n for j, n in enumerate(group.index) if j not in plain)
+                heads = [h for j, h in enumerate(group.heads) if j in plain]
+                values = [v for head in heads for reading in head[1] for v in reading]
+                group = _Group([n for j, n in enumerate(group.index) if j in plain], heads, values)
+            if group.index:
+                decoded.extend(self._decoded(group, steps, width, rest))
+        rest.sort()
+        return decoded, rest
+
+    def _decoded(self, group: _Group, steps: int, width: int, rest: list[int]) -> list[DecodedMany]:
+        raw = np.array(group.values, np.float64).reshape(len(group.index), steps, width)  # [B, T, F]
+        x = raw if self.online else ((raw - self.mu) / self.sigma).astype(np.float32)
+        finite = np.abs(raw).max(axis=(1, 2)) < 1e30  # as `decode`: anything else takes its careful path
+        seqs = [head[0] for head in group.heads]
+        stamps = [head[2] for head in group.heads]
+        fingerprints = [
+            0 if seq is None else fingerprint(raw[j].tobytes(), repr(stamps[j]).encode())
+            for j, seq in enumerate(seqs)
+        ]
+        many = DecodedMany(
+            group.index,
+            x,
+            seqs,
+            fingerprints,
+            [SensorContext(t) for t in stamps],
+            np.zeros(len(seqs), np.int64),
+        )
+        if finite.all():
+            return [many]
+        rest.extend(np.asarray(group.index)[~finite].tolist())
+        keep = np.flatnonzero(finite).tolist()
+        return [many.take(keep)] if keep else []
+
     def encode(self, decoded: Decoded, result: StepResult, seq_before: int) -> list[dict[str, Any]]:
-        ctx: SensorContext = decoded.context
-        predicted_mean, predicted_std, score, probability, likelihood, surprise = (
-            a.tolist() for a in result.outputs
+        outputs, flagged = self._outputs(
+            [a.tolist() for a in result.outputs], decoded.context.timestamps, seq_before == 0
         )
+        if flagged and self.anomaly_counter is not None:
+            self.anomaly_counter.inc(flagged)
+        return outputs
+
+    def encode_many(
+        self, group: DecodedMany, outputs: list[np.ndarray], seq_before: list[int]
+    ) -> list[list[dict[str, Any]]]:
+        columns = [a.tolist() for a in outputs]  # [B, T(, F)] each, as lists: one conversion per batch
+        encoded, flagged = [], 0
+        for j, (context, before) in enumerate(zip(group.contexts, seq_before, strict=True)):
+            step, count = self._outputs([c[j] for c in columns], context.timestamps, before == 0)
+            encoded.append(step)
+            flagged += count
+        if flagged and self.anomaly_counter is not None:
+            self.anomaly_counter.inc(flagged)
+        return encoded
+
+    @staticmethod
+    def _outputs(
+        rows: list[list[Any]], timestamps: list[float | str] | None, first: bool
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One step's outputs from its rows of the derived arrays (as lists), and how many it flags;
+        `first`: the step starts the session (its first reading has no prediction)."""
+        predicted_mean, predicted_std, score, probability, likelihood, surprise = rows
         flagged: list[bool | None] = [p >= 0.5 for p in probability]
-        if seq_before == 0:  # nothing was predicted before a session's first reading
+        if first:  # nothing was predicted before a session's first reading
             score[0] = probability[0] = flagged[0] = likelihood[0] = surprise[0] = None
-        if self.anomaly_counter is not None and any(flagged):
-            self.anomaly_counter.inc(sum(1 for f in flagged if f))
-        stamps: list[float | str | None] = (
-            [None] * len(score) if ctx.timestamps is None else list(ctx.timestamps)
-        )
+        count = sum(1 for f in flagged if f)
+        stamps: list[float | str | None] = [None] * len(score) if timestamps is None else list(timestamps)
         return [
             {
                 "score": s,
@@ -171,4 +280,4 @@ class SensorPredictor:
                 stamps,
                 strict=True,
             )
-        ]
+        ], count

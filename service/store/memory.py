@@ -376,6 +376,21 @@ class MemoryStore:
     async def last_answer(self, record: SessionRecord) -> StoredAnswer | None:
         return self._current(record).answer(record.row)
 
+    def rows_of(self, session_ids: Sequence[str], owner: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """(partition, row) [B] of each id naming a live, unexpired session of `owner`; -1 (both) for
+        any other id (unknown, ended, another owner's, expired: `lookup` says which, and ends an expired
+        one). Bulk ingest's lookup, with no record per session; it touches nothing."""
+        get = self._index.get
+        packed = np.fromiter((get(session_key(s), -1) for s in session_ids), np.int64, len(session_ids))
+        parts, rows = packed >> _ROW_BITS, packed & ((1 << _ROW_BITS) - 1)
+        owner_index, now = self._owner_index.get(owner, -2), self.clock()
+        for part in np.unique(parts[parts >= 0]).tolist():
+            at = np.flatnonzero(parts == part)
+            p, r = self._parts[part], rows[at]
+            parts[at[(p.owner[r] != owner_index) | (p.last_used[r] + self.ttl <= now)]] = -1
+        rows[parts < 0] = -1
+        return parts, rows
+
     # ---- the batcher's read and write: the slab's (slab.py) -----------------------------------------
 
     async def gather(self, part: int, records: Sequence[SessionRecord]) -> Gathered:

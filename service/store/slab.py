@@ -209,13 +209,18 @@ class Partition:
         rows = np.fromiter((r.row for r in records), np.intp, n)
         gens = np.fromiter((r.gen for r in records), np.uint32, n)
         seqs = np.fromiter((r.seq for r in records), np.int64, n)
+        status, all_ready = self.check_rows(rows, gens, seqs)
+        return rows, status, all_ready
+
+    def check_rows(self, rows: np.ndarray, gens: np.ndarray, seqs: np.ndarray) -> tuple[np.ndarray, bool]:
+        """`check` of rows [B] seen at incarnations `gens` and seqs `seqs` [B]: (status, all ready)."""
         live = (self.gen[rows] == gens) & (self.owner[rows] >= 0)
         same = live & (self.seq[rows] == seqs)
         if same.all():
-            return rows, np.zeros(n, np.int8), True
+            return np.zeros(len(rows), np.int8), True
         status = np.where(live, np.int8(_CONFLICT), np.int8(_GONE)).astype(np.int8)
         status[same] = _READY
-        return rows, status, False
+        return status, False
 
     def _seqs(self, rows: np.ndarray, status: np.ndarray, all_ready: bool) -> np.ndarray:
         return self.seq[rows] if all_ready else np.where(status != _GONE, self.seq[rows], -1)
@@ -235,6 +240,32 @@ class Partition:
     ) -> Committed:
         """The store's `commit` (check-and-set per row; `now`: the monotonic time they are used at)."""
         rows, status, all_ready = self.check(records)
+        return self._apply(rows, status, all_ready, state, events, answers, now)
+
+    def commit_rows(
+        self,
+        rows: np.ndarray,
+        gens: np.ndarray,
+        seqs: np.ndarray,
+        state: Sequence[np.ndarray],
+        events: int,
+        answers: Sequence[StoredAnswer | None],
+        now: float,
+    ) -> Committed:
+        """`commit` of rows [B] seen at incarnations `gens` and seqs `seqs` (no records: bulk ingest)."""
+        status, all_ready = self.check_rows(rows, gens, seqs)
+        return self._apply(rows, status, all_ready, state, events, answers, now)
+
+    def _apply(
+        self,
+        rows: np.ndarray,
+        status: np.ndarray,
+        all_ready: bool,
+        state: Sequence[np.ndarray],
+        events: int,
+        answers: Sequence[StoredAnswer | None],
+        now: float,
+    ) -> Committed:
         row_list = rows.tolist()
         if all_ready:
             live, new_state = rows, list(state)

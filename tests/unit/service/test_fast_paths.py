@@ -16,7 +16,9 @@ from service.predictors import sensor as sensor_module
 from service.predictors.base import Decoded
 from service.predictors.lm import top_k
 from service.registry import Registry
+from service.runner import StepResult
 from service.settings import Settings
+from service.stepping import answer_body
 
 pytestmark = pytest.mark.unit
 
@@ -115,3 +117,83 @@ def test_plain_bodies_decode_as_the_schema_decodes_them(
     slow = [outcome(predictor.decode, body) for body in bodies]
     for body, a, b in zip(bodies, fast, slow, strict=True):
         assert same(a, b) if isinstance(a, Decoded) and isinstance(b, Decoded) else a == b, body
+
+
+# bulk ingest: plain steps of several event counts, mixed with the odd ones `decode` must answer alone
+MANY_LM: list[Any] = [*LM_BODIES, {"tokens": ["w3", "w1"], "seq": 0}, {"text": "w2 zz", "top_k": 9}]
+MANY_SENSOR: list[Any] = [
+    *SENSOR_BODIES,
+    {"readings": [[1e30, 2.0, 3.0]]},  # finite, but left to `decode`'s careful check
+    {"readings": [[4.0, 5.0, 6.0], [7.0, 8.0, 9.0]], "seq": 4},
+    {"readings": [[0.5, -1.0, 2.0]], "seq": 1, "timestamps": ["t"]},
+    {"readings": [[1.0, 2.0, 3.0]] * 3, "timestamps": [1, 2.5, "x"]},
+]
+
+
+@pytest.mark.parametrize(("model", "bodies"), [("lm-gru", MANY_LM), ("sensor-rnn", MANY_SENSOR)])
+@pytest.mark.parametrize("online", [False, True])
+def test_decode_many_is_decode_of_each(
+    registry: Registry, model: str, bodies: list[Any], online: bool
+) -> None:
+    """Every step decode_many groups is exactly what `decode` makes of it; the rest are left to
+    `decode`; every plain step with events is grouped (none falls to the slow path unseen)."""
+    predictor = make_predictor(registry.get(model), Settings(snapshot_path=None))
+    assert isinstance(predictor, LmPredictor | SensorPredictor)
+    if online and isinstance(predictor, SensorPredictor):
+        predictor.online = True  # raw readings as the model input, normalised in the runner
+    groups, rest = predictor.decode_many(bodies)
+    grouped = {}
+    for group in groups:
+        assert len({len(group.index), len(group.x), len(group.seqs), len(group.contexts)}) == 1
+        for j, n in enumerate(group.index):
+            grouped[n] = Decoded(
+                group.x[j], group.seqs[j], group.fingerprints[j], group.contexts[j], int(group.params[j])
+            )
+    assert sorted([*grouped, *rest]) == list(range(len(bodies))) and not set(grouped) & set(rest)
+    for n, body in enumerate(bodies):
+        alone = outcome(predictor.decode, body)
+        if n in grouped:
+            assert isinstance(alone, Decoded) and same(grouped[n], alone), body
+        elif isinstance(alone, Decoded) and alone.events > 0:
+            # only bodies the schema converts (not plain) or `decode`'s careful range check may be left
+            assert module_of(predictor)._plain_events(body) is None or "1e+30" in repr(body), body
+
+
+def module_of(predictor: LmPredictor | SensorPredictor) -> Any:
+    return lm_module if isinstance(predictor, LmPredictor) else sensor_module
+
+
+@pytest.mark.parametrize(("model", "bodies"), [("lm-gru", MANY_LM), ("sensor-rnn", MANY_SENSOR)])
+def test_encode_many_is_encode_of_each(registry: Registry, model: str, bodies: list[Any]) -> None:
+    """encode_many from a batch's arrays answers what `encode` answers from each step's rows (the same
+    JSON bytes), for sessions that start with this step (seq 0) and sessions that do not."""
+    predictor = make_predictor(registry.get(model), Settings(snapshot_path=None))
+    assert isinstance(predictor, LmPredictor | SensorPredictor)
+    rng = np.random.default_rng(5)
+    groups, _ = predictor.decode_many(bodies)
+    assert groups
+    for group in groups:
+        b, t = len(group.index), group.events
+        if isinstance(predictor, SensorPredictor):
+            f = group.x.shape[2]
+            outputs = [rng.standard_normal((b, t, f)), rng.random((b, t, f))]
+            outputs += [
+                rng.standard_normal((b, t)),
+                rng.random((b, t)),
+                rng.random((b, t)),
+                rng.random((b, t)),
+            ]
+            outputs[3][0, 0] = np.nan  # a first reading's NaN answers null
+        else:
+            vocab = len(predictor.vocab)
+            log_probs = np.log(rng.dirichlet(np.ones(vocab), (b, t))).astype(np.float32)
+            log_probs[:, :, predictor.special_ids[0]] = 0.0  # <unk> first: left out unless asked for
+            prior = log_probs[:, 0]
+            outputs = predictor.postprocess([log_probs, prior], group.x, group.params)
+        before = [int(v) for v in rng.integers(0, 3, b)]
+        many = predictor.encode_many(group, outputs, before)
+        for j in range(b):
+            decoded = Decoded(group.x[j], group.seqs[j], group.fingerprints[j], group.contexts[j])
+            result = StepResult([a[j] for a in outputs], before[j] + t, None)
+            alone = predictor.encode(decoded, result, before[j])
+            assert answer_body(result.seq, many[j]) == answer_body(result.seq, alone), (j, before[j])
