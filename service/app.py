@@ -11,6 +11,7 @@ stops: it refuses new work, drains in-flight batches and writes the session snap
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +31,10 @@ from service.sessions import SessionManager
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("rnnserve")
+# allocations between young collections (Python's default 700): a bulk request builds tens of thousands
+# of short-lived answer objects that live until it is answered, and each young collection walks them
+# all again; at 50,000 they are walked about once (benchmarks/README.md, "Serving cost")
+GC_YOUNG = 50_000
 
 
 def _version() -> str:
@@ -49,6 +54,11 @@ async def _start(app: FastAPI, manager: SessionManager) -> bool:
         app.state.startup_error = f"{type(exc).__name__}: {exc}"
         log.critical("the service could not start: %s", app.state.startup_error, exc_info=True)
         return False
+    # what start-up made (FastAPI, pydantic, ONNX Runtime, the models) lives as long as the process:
+    # out of the collector's reach, a full collection no longer walks it (bulk requests make many
+    # short-lived objects and trigger collections often)
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
     log.info(
         "ready: %d model version(s) loaded from %s",
         len(manager.models().models),
