@@ -10,14 +10,14 @@ Predictors hold no session state and never touch ONNX Runtime; the batcher and r
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from service.errors import BadRequest, InvalidInput, ServiceError
+from service.errors import BadRequest, InvalidInput
 from service.runner import StepResult
 
 R = TypeVar("R", bound=BaseModel)
@@ -127,34 +127,3 @@ def check_event_count(events: int, limit: int) -> None:
         raise InvalidInput(
             f"{events} events in one request; the limit is {limit}", events=events, limit=limit
         )
-
-
-def decode_each(
-    decode: Callable[[dict[str, Any]], Decoded], payloads: Sequence[dict[str, Any]]
-) -> tuple[list[DecodedMany], list[int]]:
-    """`decode_many` by `decode` of each step, grouped by event count; a step that `decode` refuses
-    or that has no event is left out (the general path decodes it again and answers it)."""
-    by_events: dict[int, list[tuple[int, Decoded]]] = {}
-    rest: list[int] = []
-    for n, payload in enumerate(payloads):
-        try:
-            decoded = decode(payload)
-        except ServiceError:
-            rest.append(n)
-            continue
-        if decoded.events == 0:
-            rest.append(n)
-        else:
-            by_events.setdefault(decoded.events, []).append((n, decoded))
-    groups = [
-        DecodedMany(
-            [n for n, _ in members],
-            np.stack([d.x for _, d in members]),
-            [d.seq for _, d in members],
-            [d.fingerprint for _, d in members],
-            [d.context for _, d in members],
-            np.fromiter((d.param for _, d in members), np.int64, len(members)),
-        )
-        for members in by_events.values()
-    ]
-    return groups, rest

@@ -24,7 +24,6 @@ from service.predictors.base import (
     Decoded,
     DecodedMany,
     check_event_count,
-    decode_each,
     fingerprint,
     validate,
 )
@@ -69,26 +68,68 @@ class LmPredictor:
         if plain is None:  # anything unusual: the schema decides, and words its error
             request = validate(schemas.LmEvents, payload)
             plain = request.seq, request.tokens, request.text, request.top_k, request.include_special
-        seq, given, text, top_k, special = plain
-        if given is not None:
-            tokens = [t.lower() for t in given] if self.lowercase else list(given)
-        else:
-            tokens = self.tokenize(text or "")
+        tokens = self._tokens(plain)
         check_event_count(len(tokens), self.settings.max_events_per_request)
         get, unk = self.index.get, self.unk_id
         ids = np.fromiter((get(t, unk) for t in tokens), np.int64, len(tokens))  # [T]
         unknown = np.fromiter((t not in self.index for t in tokens), bool, len(tokens))
+        self._count_unknown(unknown)
+        fp, context, wanted = self._request(plain, tokens, unknown)
+        return Decoded(x=ids, seq=plain[0], fingerprint=fp, context=context, param=wanted)
+
+    def decode_many(self, payloads: Sequence[dict[str, Any]]) -> tuple[list[DecodedMany], list[int]]:
+        """`decode` of many steps: the plain ones grouped by event count, each group's words looked up
+        in one pass; the others (and steps with no word or too many) are left to `decode`."""
+        limit = self.settings.max_events_per_request
+        groups: dict[int, list[tuple[int, _Plain, list[str]]]] = {}
+        rest: list[int] = []
+        for n, payload in enumerate(payloads):
+            plain = _plain_events(payload)
+            tokens = [] if plain is None else self._tokens(plain)
+            if plain is None or not 0 < len(tokens) <= limit:
+                rest.append(n)
+            else:
+                groups.setdefault(len(tokens), []).append((n, plain, tokens))
+        return [self._group(members) for members in groups.values()], rest
+
+    def _group(self, members: list[tuple[int, _Plain, list[str]]]) -> DecodedMany:
+        index, get, unk = self.index, self.index.get, self.unk_id
+        words = [t for _, _, tokens in members for t in tokens]
+        shape = (len(members), len(words) // len(members))
+        ids = np.array([get(t, unk) for t in words], np.int64).reshape(shape)  # [B, T]
+        unknown = np.array([t not in index for t in words], bool).reshape(shape)
+        self._count_unknown(unknown)
+        requests = [self._request(plain, tokens, unknown[j]) for j, (_, plain, tokens) in enumerate(members)]
+        return DecodedMany(
+            [n for n, _, _ in members],
+            ids,
+            [plain[0] for _, plain, _ in members],
+            [fp for fp, _, _ in requests],
+            [context for _, context, _ in requests],
+            np.array([wanted for _, _, wanted in requests], np.int64),
+        )
+
+    def _tokens(self, plain: _Plain) -> list[str]:
+        _, given, text, _, _ = plain
+        if given is not None:
+            return [t.lower() for t in given] if self.lowercase else list(given)
+        return self.tokenize(text or "")
+
+    def _count_unknown(self, unknown: np.ndarray) -> None:
         if self.unknown_counter is not None and unknown.any():
             self.unknown_counter.inc(int(unknown.sum()))
+
+    def _request(self, plain: _Plain, tokens: list[str], unknown: np.ndarray) -> tuple[int, LmContext, int]:
+        """(payload fingerprint, context, candidates to ask the batch for) of one decoded request."""
+        seq, _, _, top_k, special = plain
         top_k = min(top_k, self.settings.max_top_k, len(self.vocab))
         fp = 0
         if seq is not None:
             fp = fingerprint("\x00".join(tokens).encode(), f"{top_k}:{special:d}".encode())
-        context = LmContext(tokens, unknown, top_k, special)
         # without the specials, ask the batch for as many more candidates as there are specials, so
         # that k others remain after leaving them out
         wanted = top_k if special or top_k == 0 else min(top_k + len(self.special_ids), len(self.vocab))
-        return Decoded(x=ids, seq=seq, fingerprint=fp, context=context, param=wanted)
+        return fp, LmContext(tokens, unknown, top_k, special), wanted
 
     def postprocess(self, outputs: list[np.ndarray], x: np.ndarray, params: np.ndarray) -> list[np.ndarray]:
         """[log_probs [B, T, V], log_probs_in [B, V], came [B, T], top ids [B, T, k], top probs [B, T, k]].
@@ -103,9 +144,6 @@ class LmPredictor:
             came[:, 1:] = np.take_along_axis(log_probs[:, :-1], x[:, 1:, None], axis=2)[..., 0]
         top_ids, top_probs = top_k(log_probs, int(params.max(initial=0)))
         return [log_probs, log_probs_in, came, top_ids, top_probs]
-
-    def decode_many(self, payloads: Sequence[dict[str, Any]]) -> tuple[list[DecodedMany], list[int]]:
-        return decode_each(self.decode, payloads)
 
     def encode(self, decoded: Decoded, result: StepResult, seq_before: int) -> list[dict[str, Any]]:
         _, _, came, top_ids, top_probs = result.outputs  # [T], [T, k'], [T, k'] with k' >= top_k
