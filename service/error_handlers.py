@@ -26,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service import jsonin
 from service.errors import BadRequest, InvalidInput, ServiceError
 
 KSERVE_PREFIX = "/v2"
@@ -88,7 +89,7 @@ def json_object(raw: str | bytes, what: str) -> dict[str, Any]:
     """Parse a body the framework does not parse (WebSocket messages, KServe requests): 400 unless it
     is a JSON object."""
     try:
-        body = json.loads(raw)
+        body = jsonin.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"{what} is not valid JSON ({exc})") from None
     except RecursionError:

@@ -12,8 +12,9 @@ A plain ASGI middleware (no BaseHTTPMiddleware: no extra task per request, strea
 - metrics: `rnnserve_requests{method, route, status}` and the latency histogram, labelled with the
   route TEMPLATE (`/v1/sessions/{session_id}/events`), never the raw path (unbounded cardinality);
   requests that match no route count as `unmatched`.
-- hot path: `POST /v1/sessions/{id}/events` is answered here by `routes.sessions.step_fast`, without
-  Starlette's routing or FastAPI's dependency solving (same answers as the FastAPI route).
+- hot paths: `POST /v1/sessions/{id}/events` and `POST /v1/steps` are answered here by
+  `routes.sessions.step_fast` and `routes.steps.steps_fast`, without Starlette's routing or FastAPI's
+  dependency solving (same answers as the FastAPI routes).
 - access log: one line per request (JSON fields with `log_json`); probes and scrapes log at DEBUG. The
   query string is never logged (a WebSocket client may carry its key in `?token=`).
 - anything that escapes the app is logged with its traceback and the request id and answered with the
@@ -35,6 +36,7 @@ from service.error_handlers import internal_error_response, render_error
 from service.logs import request_id_var
 from service.metrics import Metrics
 from service.routes.sessions import EVENTS_ROUTE, events_session_id, step_fast
+from service.routes.steps import STEPS_ROUTE, steps_fast
 
 REQUEST_ID_HEADER = "x-request-id"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -88,7 +90,7 @@ class RequestMiddleware:
             scope["type"] == "http"
             and scope["method"] == "POST"
             and not scope.get("root_path")
-            and events_session_id(scope["path"]) is not None
+            and (scope["path"] == STEPS_ROUTE or events_session_id(scope["path"]) is not None)
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -144,6 +146,10 @@ class RequestMiddleware:
                 if session_id is not None:
                     route = EVENTS_ROUTE
                     await step_fast(scope, _replay(b"", receive), send_with_id, session_id, body)
+                    return
+                if scope["path"] == STEPS_ROUTE:
+                    route = STEPS_ROUTE
+                    await steps_fast(scope, _replay(b"", receive), send_with_id, body)
                     return
             await self.app(scope, _replay(body, receive), send_with_id)
         except Exception:

@@ -5,6 +5,8 @@ the answer is `{"results": [...]}`, one per step in order: the events answer wit
 `{"session_id", "error": {...}}` for a step that failed (alone). The envelope itself (not an object, no
 `steps` list, more than RNNSERVE_MAX_STEPS_PER_REQUEST steps) is refused as a whole: 400 / 422 / 413.
 The work is in `service.bulk`; the WebSocket checks auth once at connect, as the per-session stream.
+`RequestMiddleware` answers `POST /v1/steps` with `steps_fast`, outside FastAPI's routing and
+dependency solving, as the events route (a 1,000-step body is parsed by orjson: `service.jsonin`).
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response, WebSocket
+from starlette.types import Receive, Scope, Send
 
 from service import schemas
 from service.deps import ManagerDep, OwnerDep
 from service.error_handlers import json_object
 from service.routes import SESSION_ERRORS
+from service.routes.sessions import answer_fast
 from service.routes.stream import accept, serve_messages
 from service.sessions import SessionManager
 
@@ -46,8 +50,21 @@ _BODY_SCHEMA = {
 StepsBody = Annotated[dict[str, Any], Body(openapi_examples=_EXAMPLES)]
 
 
+STEPS_ROUTE = "/v1/steps"
+
+
+async def steps_fast(scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
+    """`POST /v1/steps` as a plain ASGI handler, as the events route's `step_fast` (the route below
+    answers the same, and documents it)."""
+
+    async def steps(manager: SessionManager, owner: str | None, payload: dict[str, Any]) -> bytes:
+        return await manager.steps_json(owner, payload)
+
+    await answer_fast(scope, receive, send, body, steps)
+
+
 @router.post(
-    "/v1/steps",
+    STEPS_ROUTE,
     response_model=schemas.StepsResponse,
     summary="Bulk ingest: steps of many sessions in one request, one result per step",
     openapi_extra={"requestBody": {"content": {"application/json": {"schema": _BODY_SCHEMA}}}},
