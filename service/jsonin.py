@@ -12,20 +12,21 @@ read rather than refused; what is inside is then refused by the body's own check
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
 
-# a number of 19+ digits where a JSON value starts (inside a string it only costs the slower parser)
-_LONG_BYTES = re.compile(rb"(?:^|[\[:,\s])-?\d{19}")
-_LONG_TEXT = re.compile(r"(?:^|[\[:,\s])-?\d{19}")
+# every digit as "0": a number of 19+ digits where a JSON value starts is then one of these (inside a
+# string it only costs the slower parser); a translation and five substring searches cost a third of
+# orjson's parse, a regular expression several times the standard parser's
+_DIGITS = bytes.maketrans(b"0123456789", b"0" * 10)
+_LONG = tuple(start + b"0" * 19 for start in (b"[", b":", b",", b" ", b"-"))
 
 
 def loads(raw: str | bytes) -> Any:
     """`json.loads(raw)`: the same value, or the same exception."""
-    long = _LONG_TEXT.search(raw) if isinstance(raw, str) else _LONG_BYTES.search(raw)
-    if long is None:
+    digits = (raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw).translate(_DIGITS)
+    if not digits.startswith(b"0" * 19) and not any(long in digits for long in _LONG):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
