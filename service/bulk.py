@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from service.sessions import SessionManager
     from service.stepping import Served
 
+# one step's result: its JSON, or (array lane, no seq) the object itself, encoded with the others
+Result = bytes | dict[str, Any]
 _ENVELOPE = 'the body must be a JSON object {"steps": [...]}'
 
 
@@ -89,14 +91,14 @@ class BulkSteps:
         self.slab = SlabLane(manager, store) if isinstance(store, MemoryStore) else None
 
     @staticmethod
-    def _answered(results: list[bytes]) -> Callable[[int, str, bytes], None]:
-        def answered(i: int, session_id: str, answer: bytes) -> None:
-            results[i] = _ok(session_id, answer)
+    def _answered(results: list[Result]) -> Callable[[int, str, Result], None]:
+        def answered(i: int, session_id: str, answer: Result) -> None:
+            results[i] = answer if type(answer) is dict else _ok(session_id, answer)  # type: ignore[arg-type]
 
         return answered
 
     @staticmethod
-    def _refused(results: list[bytes]) -> Callable[[int, str, ServiceError], None]:
+    def _refused(results: list[Result]) -> Callable[[int, str, ServiceError], None]:
         def refused(i: int, session_id: str, error: ServiceError) -> None:
             results[i] = _failed(session_id, error)
 
@@ -107,7 +109,7 @@ class BulkSteps:
         manager = self.manager
         manager.check_open()
         steps = steps_of(body, manager.settings.max_steps_per_request)
-        results: list[bytes] = [b""] * len(steps)
+        results: list[Result] = [b""] * len(steps)
         batch: list[tuple[int, str, dict[str, Any]]] = []
         queued: list[tuple[int, str, dict[str, Any]]] = []
         seen: set[str] = set()
@@ -116,7 +118,8 @@ class BulkSteps:
             if type(session_id) is not str or not session_id or not is_text(session_id):
                 results[i] = _failed(None, _bad_step(i, step))
                 continue
-            payload = {k: v for k, v in step.items() if k != "session_id"}
+            payload = step.copy()  # the events body: the step without its session id
+            del payload["session_id"]
             if session_id not in seen and self.turns.try_acquire(session_id):
                 batch.append((i, session_id, payload))
             else:
@@ -138,7 +141,8 @@ class BulkSteps:
                 self.turns.release(session_id)
         for (i, _, _), task in zip(queued, tasks, strict=True):
             results[i] = await task
-        return b'{"results":[' + b",".join(results) + b"]}"
+        # one encoder pass: answers the array lane left as objects, the rest as they were encoded
+        return orjson.dumps({"results": [r if type(r) is dict else orjson.Fragment(r) for r in results]})
 
     async def _queued(self, owner: str | None, session_id: str, payload: dict[str, Any]) -> bytes:
         try:
@@ -147,7 +151,7 @@ class BulkSteps:
             return _failed(session_id, exc)
 
     async def _batch_lane(
-        self, owner: str | None, lane: list[tuple[int, str, dict[str, Any]]], results: list[bytes]
+        self, owner: str | None, lane: list[tuple[int, str, dict[str, Any]]], results: list[Result]
     ) -> None:
         """Steps whose turn this request holds: look up, decode, then one call per (version, events)."""
         manager = self.manager
@@ -182,7 +186,7 @@ class BulkSteps:
         self,
         owner: str | None,
         members: Sequence[tuple[int, Served, Decoded, SessionRecord, dict[str, Any]]],
-        results: list[bytes],
+        results: list[Result],
     ) -> None:
         manager = self.manager
         served = members[0][1]

@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     from service.stepping import Served
 
 Step = tuple[int, str, dict[str, Any]]  # (position in the request, session id, events body)
-# a step answered: (position, session id, events answer) / failed: (position, session id, error)
-Answered = Callable[[int, str, bytes], None]
+# a step answered: (position, session id, its events answer's JSON, or its whole result as an object)
+Answered = Callable[[int, str, bytes | dict[str, Any]], None]
+# a step failed: (position, session id, error)
 Failed = Callable[[int, str, ServiceError], None]
 
 
@@ -91,20 +92,29 @@ class SlabLane:
         outs, new_state = output
         before = batch.seqs.tolist()
         encoded = served.predictor.encode_many(group, outs, before)
-        bodies = [answer_body(seq + events, outputs) for seq, outputs in zip(before, encoded, strict=True)]
-        answers = [
-            None if seq is None else StoredAnswer(seq, fp, body)
-            for seq, fp, body in zip(group.seqs, group.fingerprints, bodies, strict=True)
-        ]
+        # a step with `seq` stores its answer's JSON (for replays); the others' answers stay objects,
+        # encoded with the whole response in one pass
+        answers: list[StoredAnswer | None] = []
+        bodies: list[bytes | dict[str, Any]] = []
+        for (_, session_id, _), seq_before, outputs, seq, fp in zip(
+            steps, before, encoded, group.seqs, group.fingerprints, strict=True
+        ):
+            if seq is None:
+                answers.append(None)
+                bodies.append({"session_id": session_id, "seq": seq_before + events, "outputs": outputs})
+            else:
+                body = answer_body(seq_before + events, outputs)
+                answers.append(StoredAnswer(seq, fp, body))
+                bodies.append(body)
         committed = p.commit_rows(
             batch.rows, batch.gens, batch.seqs, new_state, events, answers, self.store.clock()
         )
         again = [] if committed.all_applied else np.flatnonzero(committed.status).tolist()
         served.events.inc(events * (len(steps) - len(again)))
         skip = set(again)
-        for j, ((i, session_id, _), body) in enumerate(zip(steps, bodies, strict=True)):
+        for j, ((i, session_id, _), answer) in enumerate(zip(steps, bodies, strict=True)):
             if j not in skip:
-                ok(i, session_id, body)
+                ok(i, session_id, answer)
         for j in again:  # its row changed while the batch ran (ended, evicted): the usual path says how
             i, session_id, payload = steps[j]
             try:

@@ -236,10 +236,11 @@ class SensorPredictor:
     def encode_many(
         self, group: DecodedMany, outputs: list[np.ndarray], seq_before: list[int]
     ) -> list[list[dict[str, Any]]]:
-        columns = [a.tolist() for a in outputs]  # [B, T(, F)] each, as lists: one conversion per batch
+        # [B, T(, F)] each, as lists: one conversion per batch, then each step's rows
+        rows = zip(*(a.tolist() for a in outputs), strict=True)
         encoded, flagged = [], 0
-        for j, (context, before) in enumerate(zip(group.contexts, seq_before, strict=True)):
-            step, count = self._outputs([c[j] for c in columns], context.timestamps, before == 0)
+        for row, context, before in zip(rows, group.contexts, seq_before, strict=True):
+            step, count = self._outputs(row, context.timestamps, before == 0)
             encoded.append(step)
             flagged += count
         if flagged and self.anomaly_counter is not None:
@@ -248,7 +249,7 @@ class SensorPredictor:
 
     @staticmethod
     def _outputs(
-        rows: list[list[Any]], timestamps: list[float | str] | None, first: bool
+        rows: Sequence[list[Any]], timestamps: list[float | str] | None, first: bool
     ) -> tuple[list[dict[str, Any]], int]:
         """One step's outputs from its rows of the derived arrays (as lists), and how many it flags;
         `first`: the step starts the session (its first reading has no prediction)."""
@@ -256,7 +257,7 @@ class SensorPredictor:
         flagged: list[bool | None] = [p >= 0.5 for p in probability]
         if first:  # nothing was predicted before a session's first reading
             score[0] = probability[0] = flagged[0] = likelihood[0] = surprise[0] = None
-        count = sum(1 for f in flagged if f)
+        count = flagged.count(True)
         stamps: list[float | str | None] = [None] * len(score) if timestamps is None else list(timestamps)
         return [
             {
