@@ -207,6 +207,11 @@ class SensorPredictor:
         finite = np.abs(raw).max(axis=(1, 2)) < 1e30  # as `decode`: anything else takes its careful path
         seqs = [head[0] for head in group.heads]
         stamps = [head[2] for head in group.heads]
+        hours = np.full((len(stamps), steps), np.nan)  # [B, T], as `decode`'s last column
+        for j, given in enumerate(stamps):
+            if given is not None:
+                hours[j] = hours_of(given, steps)
+        x = np.concatenate([x, hours[:, :, None].astype(x.dtype)], axis=2)  # [B, T, F + 1]
         fingerprints = [
             0 if seq is None else fingerprint(raw[j].tobytes(), repr(stamps[j]).encode())
             for j, seq in enumerate(seqs)
