@@ -83,6 +83,14 @@ def _all_numbers(values: list[object]) -> bool:
     return kinds <= {float, int} and all(_number(v) for v in values)
 
 
+def _in_range(readings: list[list[float]], raw: np.ndarray) -> bool:
+    """Every value below 1e30 in magnitude (NaN is not): in Python for a request's few values (a numpy
+    reduction costs microseconds), in numpy beyond."""
+    if raw.size <= 16:
+        return all(-1e30 < v < 1e30 for reading in readings for v in reading)
+    return bool(np.abs(raw).max() < 1e30)
+
+
 @dataclass(slots=True)
 class _Group:
     """Plain steps with the same count of readings, as `decode_many` collects them."""
@@ -132,12 +140,13 @@ class SensorPredictor:
                     got=len(reading),
                 )
         raw = np.asarray(readings, np.float64).reshape(len(readings), width)  # [T, F]
-        if raw.size and not np.abs(raw).max() < 1e30:  # NaN compares False: take the careful path
+        if not _in_range(readings, raw):  # NaN compares False: take the careful path
             self._refuse_non_finite(raw)
         # online: the runner normalises with the session's running moments (service.anomaly)
-        x = raw if self.online else ((raw - self.mu) / self.sigma).astype(np.float32)
+        normalized = raw if self.online else ((raw - self.mu) / self.sigma).astype(np.float32)
         # each reading's hour of the day rides along as a last column, for the daily profile
-        x = np.column_stack([x, hours_of(timestamps, len(readings)).astype(x.dtype)])
+        x = np.empty((len(readings), width + 1), normalized.dtype)  # [T, F + 1]
+        x[:, :width], x[:, width] = normalized, hours_of(timestamps, len(readings))
         fp = 0
         if seq is not None:
             fp = fingerprint(raw.tobytes(), repr(timestamps).encode())
