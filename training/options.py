@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from training.config import TrainConfig
+from training.data.synthetic import EVAL_WEEKS
 
 # A data option of a task: (flag, type, default, help); options with a default show it in --help.
 Option = tuple[str, Callable[[str], Any], Any, str]
@@ -65,7 +66,8 @@ _SENSOR_OPTIONS: list[Option] = [
     ("--label-column", str, "label", "optional column of anomaly labels: empty/0 normal, 1 or a type name"),
     ("--contamination", float, 0.01, "share of validation readings flagged when validation has no labels"),
     ("--synthetic-weeks", float, 26, "synthetic training weeks"),
-    ("--synthetic-eval-weeks", float, 12, "weeks per synthetic validation/test stream, one per anomaly type"),
+    ("--synthetic-eval-weeks", float, EVAL_WEEKS,
+     "weeks per synthetic validation/test stream, one per anomaly type"),
     ("--synthetic-events", int, 20, "anomalies per synthetic validation/test stream"),
     ("--synthetic-train-anomalies", int, 0, "anomalies of each type in the synthetic training weeks"),
     ("--plant-seed", int, 0, "seed of the synthetic plant"),

@@ -21,7 +21,7 @@ short gaps where every sensor drops out. Anomalies, each on one sensor (sizes in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -31,6 +31,8 @@ STEP_SECONDS = 600
 DAY, WEEK = 144, 1008
 MARGIN = 3  # readings after an anomaly ends that may still look odd (the return edge): never false alarms
 _START = np.datetime64("2024-01-01T00:00:00", "s")
+VALID_SEED, TEST_SEED = 100, 200  # noise seed of the held-out stream of ANOMALY_TYPES[i]: VALID_SEED + i, ...
+EVAL_WEEKS = 12  # weeks per held-out stream unless a training run says otherwise
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,17 @@ class SensorSeries:
     labels: np.ndarray  # [N] int: 0 normal, else 1 + index into `kinds`
     kinds: tuple[str, ...]  # anomaly type names for the label codes
     events: tuple[AnomalyEvent, ...]
+
+
+def carry_forward(z: np.ndarray, first: np.ndarray | None = None) -> np.ndarray:
+    """[N, F] with NaN -> the last seen value of that feature (`first`, default 0, before the first)."""
+    out = z.copy()
+    last = np.zeros(z.shape[1]) if first is None else first.astype(np.float64)
+    for t in range(len(out)):
+        missing = np.isnan(out[t])
+        out[t, missing] = last[missing]
+        last = out[t]
+    return out
 
 
 def _ar1(rng: np.random.Generator, n: int, phi: float, sigma: float) -> np.ndarray:
@@ -171,3 +184,47 @@ def generate(
     values[missing] = np.nan
     timestamps = _START + (offset + np.arange(steps)) * np.timedelta64(STEP_SECONDS, "s")
     return SensorSeries(FEATURES, timestamps, values, labels, kinds, tuple(events))
+
+
+def univariate(series: SensorSeries) -> list[SensorSeries]:
+    """One single-feature stream ("value") per feature, with the anomalies of that feature."""
+    out = []
+    for f in range(len(series.features)):
+        events = tuple(ev for ev in series.events if ev.feature == f)
+        labels = np.zeros(len(series.values), np.int64)
+        for ev in events:
+            labels[ev.start : ev.end] = 1 + series.kinds.index(ev.kind)
+        out.append(
+            replace(
+                series, features=("value",), values=series.values[:, f : f + 1], labels=labels, events=events
+            )
+        )
+    return out
+
+
+def held_out(
+    split: str, plant_seed: int, weeks: float, eval_weeks: float, per_kind: int, fleet: int = 0
+) -> list[SensorSeries]:
+    """Training's labelled validation (`split` "valid") or test ("test") streams, one anomaly type each.
+
+    A model of one plant (`fleet` 0) is trained on its first `weeks` weeks; its validation streams are the
+    `eval_weeks` that follow, its test streams the `eval_weeks` after those (one stream per type, all
+    four sensors). A fleet model trained on plants plant_seed .. plant_seed+fleet-1 is validated on
+    plant plant_seed+fleet and tested on plant plant_seed+fleet+1, never trained on, from their start:
+    each sensor is a stream of its own, those with anomalies of the type kept.
+    """
+    if split not in ("valid", "test"):
+        raise ValueError(f"split {split!r}: give 'valid' or 'test'")
+    test = split == "test"
+    steps = int(eval_weeks * WEEK)
+    seed = TEST_SEED if test else VALID_SEED
+    plant, offset = plant_seed + fleet + int(test), 0
+    if not fleet:
+        plant, offset = plant_seed, int(weeks * WEEK) + steps * int(test)
+    streams = [
+        generate(steps, seed=seed + i, plant_seed=plant, offset=offset, kinds=(kind,), per_kind=per_kind)
+        for i, kind in enumerate(ANOMALY_TYPES)
+    ]
+    if fleet:
+        streams = [one for s in streams for one in univariate(s) if one.events]
+    return streams

@@ -38,7 +38,7 @@ from training.config import TrainConfig
 from training.data.errors import DataError
 from training.data.sensor_csv import events_from_labels, read_sensor_csv
 from training.data.streams import Streams, batchify, pad_sequences
-from training.data.synthetic import ANOMALY_TYPES, WEEK, SensorSeries, generate
+from training.data.synthetic import WEEK, SensorSeries, carry_forward, generate, held_out, univariate
 from training.distributed import DistContext
 from training.export import TaskData
 from training.model import RecurrentNet, gaussian_nll
@@ -47,17 +47,6 @@ from training.options import add_sensor_arguments as add_arguments
 from training.tasks import Prepared, model_spec
 
 EVAL_STREAMS = 4
-
-
-def carry_forward(z: np.ndarray, first: np.ndarray | None = None) -> np.ndarray:
-    """[N, F] with NaN -> the last seen value of that feature (`first`, default 0, before the first)."""
-    out = z.copy()
-    last = np.zeros(z.shape[1]) if first is None else first.astype(np.float64)
-    for t in range(len(out)):
-        missing = np.isnan(out[t])
-        out[t, missing] = last[missing]
-        last = out[t]
-    return out
 
 
 # raw readings [N, F] (NaN where missing) -> normalized readings [N, F] (NaN where missing)
@@ -177,29 +166,8 @@ def _load(args: argparse.Namespace) -> tuple[SensorSeries, list[SensorSeries], l
         )
     try:
         train = generate(weeks, seed=1, plant_seed=args.plant_seed, per_kind=args.synthetic_train_anomalies)
-        offset = weeks
-        valid, test = [], []
-        for i, kind in enumerate(ANOMALY_TYPES):
-            valid.append(
-                generate(
-                    eval_weeks,
-                    seed=100 + i,
-                    plant_seed=args.plant_seed,
-                    offset=offset,
-                    kinds=(kind,),
-                    per_kind=args.synthetic_events,
-                )
-            )
-            test.append(
-                generate(
-                    eval_weeks,
-                    seed=200 + i,
-                    plant_seed=args.plant_seed,
-                    offset=offset + eval_weeks,
-                    kinds=(kind,),
-                    per_kind=args.synthetic_events,
-                )
-            )
+        where = (args.plant_seed, args.synthetic_weeks, args.synthetic_eval_weeks, args.synthetic_events)
+        valid, test = held_out("valid", *where), held_out("test", *where)
     except ValueError as exc:
         raise DataError(f"synthetic data: {exc}") from exc
     digest = hashlib.sha256(
@@ -225,22 +193,6 @@ def _moments(train: SensorSeries) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.maximum(std, floor)
 
 
-def univariate(series: SensorSeries) -> list[SensorSeries]:
-    """One single-feature stream ("value") per feature, with the anomalies of that feature."""
-    out = []
-    for f in range(len(series.features)):
-        events = tuple(ev for ev in series.events if ev.feature == f)
-        labels = np.zeros(len(series.values), np.int64)
-        for ev in events:
-            labels[ev.start : ev.end] = 1 + series.kinds.index(ev.kind)
-        out.append(
-            replace(
-                series, features=("value",), values=series.values[:, f : f + 1], labels=labels, events=events
-            )
-        )
-    return out
-
-
 def _load_fleet(
     args: argparse.Namespace,
 ) -> tuple[list[SensorSeries], list[SensorSeries], list[SensorSeries], str]:
@@ -261,15 +213,9 @@ def _load_fleet(
                 )
             )
         ]
-        unseen = args.plant_seed + args.fleet
-        valid: list[SensorSeries] = []
-        test: list[SensorSeries] = []
-        for i, kind in enumerate(ANOMALY_TYPES):
-            for split, seed, plant in ((valid, 100 + i, unseen), (test, 200 + i, unseen + 1)):
-                series = generate(
-                    eval_weeks, seed=seed, plant_seed=plant, kinds=(kind,), per_kind=args.synthetic_events
-                )
-                split.extend(s for s in univariate(series) if s.events)
+        where = (args.plant_seed, args.synthetic_weeks, args.synthetic_eval_weeks, args.synthetic_events)
+        valid = held_out("valid", *where, fleet=args.fleet)
+        test = held_out("test", *where, fleet=args.fleet)
     except ValueError as exc:
         raise DataError(f"synthetic data: {exc}") from exc
     digest = hashlib.sha256(b"".join(s.values.tobytes() for s in trains)).hexdigest()
@@ -353,6 +299,7 @@ def prepare(args: argparse.Namespace, cfg: TrainConfig, ctx: DistContext) -> Pre
             "csv": str(args.csv or args.train_csv or ""),
             "plant_seed": args.plant_seed,
             "synthetic_weeks": args.synthetic_weeks,
+            "synthetic_eval_weeks": args.synthetic_eval_weeks,
             "synthetic_events": args.synthetic_events,
             "fleet_plants": args.fleet,
         },

@@ -7,7 +7,16 @@ import itertools
 import numpy as np
 import pytest
 
-from training.data.synthetic import ANOMALY_TYPES, DAY, WEEK, generate
+from training.data.synthetic import (
+    ANOMALY_TYPES,
+    DAY,
+    WEEK,
+    SensorSeries,
+    carry_forward,
+    generate,
+    held_out,
+    univariate,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -66,3 +75,57 @@ def test_missing_values_spare_anomalies_and_events_do_not_overlap() -> None:
 def test_too_many_anomalies_for_the_length_is_refused() -> None:
     with pytest.raises(ValueError, match="too few"):
         generate(DAY * 2, seed=0, kinds=("level_shift",), per_kind=10)
+
+
+def _same(a: list[SensorSeries], b: list[SensorSeries]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.events == y.events and x.features == y.features
+        assert np.array_equal(x.values, y.values, equal_nan=True)
+        assert np.array_equal(x.timestamps, y.timestamps)
+
+
+def test_held_out_streams_are_the_documented_periods_and_plants() -> None:
+    # one plant: valid = the 1.5 weeks after 2 training weeks, test = the 1.5 weeks after those;
+    # noise seeds 100 + i (valid) and 200 + i (test) for anomaly type i
+    n = int(1.5 * WEEK)
+    for split, seed, offset in (("valid", 100, 2 * WEEK), ("test", 200, 2 * WEEK + n)):
+        expected = [
+            generate(n, seed=seed + i, plant_seed=3, offset=offset, kinds=(k,), per_kind=2)
+            for i, k in enumerate(ANOMALY_TYPES)
+        ]
+        _same(held_out(split, plant_seed=3, weeks=2, eval_weeks=1.5, per_kind=2), expected)
+    # a fleet trained on plants 3, 4: valid on plant 5, test on plant 6, from their start; each sensor
+    # with anomalies is a stream of its own
+    for split, seed, plant in (("valid", 100, 5), ("test", 200, 6)):
+        whole = [
+            generate(n, seed=seed + i, plant_seed=plant, kinds=(k,), per_kind=2)
+            for i, k in enumerate(ANOMALY_TYPES)
+        ]
+        got = held_out(split, plant_seed=3, weeks=2, eval_weeks=1.5, per_kind=2, fleet=2)
+        parts = [
+            (events, series.values[:, f : f + 1])
+            for series in whole
+            for f in range(4)
+            if (events := tuple(ev for ev in series.events if ev.feature == f))
+        ]
+        assert [(g.events, g.features) for g in got] == [(e, ("value",)) for e, _ in parts]
+        for g, (_, values) in zip(got, parts, strict=True):
+            assert np.array_equal(g.values, values, equal_nan=True)
+    with pytest.raises(ValueError, match="split"):
+        held_out("train", plant_seed=0, weeks=1, eval_weeks=1, per_kind=1)
+
+
+def test_univariate_labels_only_its_own_sensor() -> None:
+    series = generate(2 * WEEK, seed=7, per_kind=1)
+    parts = univariate(series)
+    assert sum(len(p.events) for p in parts) == len(series.events) == len(ANOMALY_TYPES)
+    for f, part in enumerate(parts):
+        assert all(ev.feature == f for ev in part.events)
+        assert set(np.flatnonzero(part.labels)) == {t for ev in part.events for t in range(ev.start, ev.end)}
+
+
+def test_carry_forward_fills_with_the_last_present_value() -> None:
+    z = np.array([[np.nan, 1.0], [2.0, np.nan], [np.nan, np.nan], [4.0, 5.0]])
+    assert np.array_equal(carry_forward(z), [[0.0, 1.0], [2.0, 1.0], [2.0, 1.0], [4.0, 5.0]])
+    assert np.array_equal(carry_forward(z, first=np.array([9.0, 9.0]))[0], [9.0, 1.0])
