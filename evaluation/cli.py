@@ -1,4 +1,5 @@
-"""`rnnserve eval nab --data DIR --results DIR [--labels FILE] [--detector NAME]`."""
+"""`rnnserve eval nab --data DIR --results DIR [--labels FILE] [--detector NAME]` and
+`rnnserve eval synthetic [--model NAME ...] [--json FILE]`."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from evaluation.nab_runner import (
 )
 from evaluation.nab_scorer import format_results
 from evaluation.nab_training import TrainingFailed, train_per_file
+from evaluation.synthetic import SyntheticError, as_json, evaluate, format_report
+from service.errors import ModelNotFound
 from service.settings import Settings
 
 
@@ -60,6 +63,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="trainings run side by side with --train-per-file (%(default)s)",
     )
     nab.add_argument("--no-progress", action="store_true", help="no progress bar")
+    syn = sub.add_parser(
+        "synthetic",
+        help="event F1 per anomaly type of the served sensor detector on the held-out synthetic streams",
+        description="Streams each sensor model's held-out synthetic test streams (the ones its training "
+        "reported on) through the serving code and prints event precision, recall and F1 per anomaly "
+        "type for the served is_anomaly, the raw score at the manifest's threshold, and the best "
+        "probability threshold chosen on those streams.",
+    )
+    syn.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="sensor model trained on the synthetic plant, repeatable (default: sensor and sensor-fleet)",
+    )
+    syn.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="models directory (default: the service's, RNNSERVE_MODELS_DIR)",
+    )
+    syn.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    syn.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -128,10 +153,25 @@ def run_nab(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_synthetic(args: argparse.Namespace) -> int:
+    where = {} if args.models_dir is None else {"models_dir": args.models_dir}
+    settings = Settings(snapshot_path=None, max_events_per_request=1024, **where)
+    models = args.model or ["sensor", "sensor-fleet"]
+    started = time.perf_counter()
+    reports = asyncio.run(evaluate(settings, models, lambda total: _progress(total, not args.no_progress)))
+    print(f"served in {time.perf_counter() - started:.1f} s", flush=True)
+    for report in reports:
+        print(f"\n{format_report(report)}", flush=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps([as_json(r) for r in reports], indent=2) + "\n", encoding="utf-8")
+        print(f"\nfigures in {args.json}", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run_nab(args)
-    except (NabError, TrainingFailed) as exc:
-        print(f"rnnserve eval nab: {exc}", file=sys.stderr)
+        return run_synthetic(args) if args.benchmark == "synthetic" else run_nab(args)
+    except (NabError, TrainingFailed, SyntheticError, ModelNotFound) as exc:
+        print(f"rnnserve eval {args.benchmark}: {exc}", file=sys.stderr)
         return 2

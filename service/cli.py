@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("export", help="export a training checkpoint again: rnnserve export CHECKPOINT [options]")
     sub.add_parser("bench", help="the benchmark suite: rnnserve bench [--quick] [options]")
     sub.add_parser(
-        "eval", help="score the served detector on NAB: rnnserve eval nab --data DIR --results DIR"
+        "eval",
+        help="score the served sensor detector: rnnserve eval nab --data DIR --results DIR | "
+        "rnnserve eval synthetic",
     )
     return parser
 
