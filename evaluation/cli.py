@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="models directory (default: the service's, RNNSERVE_MODELS_DIR)",
     )
     syn.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    syn.add_argument(
+        "--no-timestamps",
+        action="store_true",
+        help="send the readings without timestamps, as a client that has none (no daily profile)",
+    )
     syn.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -158,7 +163,11 @@ def run_synthetic(args: argparse.Namespace) -> int:
     settings = Settings(snapshot_path=None, max_events_per_request=1024, **where)
     models = args.model or ["sensor", "sensor-fleet"]
     started = time.perf_counter()
-    reports = asyncio.run(evaluate(settings, models, lambda total: _progress(total, not args.no_progress)))
+
+    def progress(total: int) -> tuple[Callable[[int], object], Callable[[], object]]:
+        return _progress(total, not args.no_progress)
+
+    reports = asyncio.run(evaluate(settings, models, progress, timestamps=not args.no_timestamps))
     print(f"served in {time.perf_counter() - started:.1f} s", flush=True)
     for report in reports:
         print(f"\n{format_report(report)}", flush=True)

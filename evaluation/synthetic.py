@@ -4,8 +4,9 @@
         -> the labelled test streams its training reported on (training.data.synthetic.held_out: one
            anomaly type per stream; a fleet model: each sensor of an unseen plant is a stream of its own)
         -> one session per stream on the in-process SessionManager (the code the HTTP API runs), from the
-           stream's first reading, in sequenced requests of CHUNK readings with their timestamps; a missing
-           value is carried forward (the API refuses NaN, so a client has to fill it)
+           stream's first reading, in sequenced requests of CHUNK readings with their timestamps (or none:
+           then the daily profile stays out); a missing value is carried forward (the API refuses NaN, so
+           a client has to fill it)
         -> the served answers of every reading -> training.calibration.detect, per anomaly type, for
              served  `is_anomaly` as served (`probability >= 0.5`)
              raw     `score >= ` the manifest's calibrated raw-score threshold (the rule the manifest's
@@ -18,8 +19,9 @@ each run of flags outside every anomaly (and its return edge) is one false alarm
 of the stream it is in. An alarm that outlasts its anomaly's return edge (MARGIN readings) counts as a
 false alarm too; how many false alarms are such tails (`trailing`) is reported beside them.
 
-Warm-up: a session's likelihood and range novelty stay silent for its first WARMUP_READINGS readings
-(service.anomaly.WARMUP scored ones after the unscored first), so `is_anomaly` cannot fire there. The
+Warm-up: a session's likelihoods and range novelty stay silent for its first WARMUP_READINGS readings
+(service.anomaly.WARMUP scored ones after the unscored first); meanwhile a fixed-normalisation model
+answers its training calibration of the raw score and a fleet model's `is_anomaly` cannot fire. The
 streams are scored from their first reading as a new session would be, anomalies starting in the warm-up
 are counted like the others, and their number is reported (`in_warmup`).
 """
@@ -114,9 +116,15 @@ def filled(values: np.ndarray) -> np.ndarray:
 
 
 async def serve_stream(
-    manager: SessionManager, model: str, version: str, series: SensorSeries, advance: Callable[[int], object]
+    manager: SessionManager,
+    model: str,
+    version: str,
+    series: SensorSeries,
+    advance: Callable[[int], object],
+    timestamps: bool = True,
 ) -> Served:
-    """Every reading of `series` through one new session, from its first reading."""
+    """Every reading of `series` through one new session, from its first reading (with its timestamp
+    unless `timestamps` is False)."""
     values = filled(series.values)
     stamps = [str(t) for t in series.timestamps]
     sid = (await manager.create(schemas.CreateSession(model=model, version=version), None)).session_id
@@ -125,17 +133,15 @@ async def serve_stream(
     is_anomaly = np.zeros(n, dtype=bool)
     try:
         for start in range(0, n, CHUNK):
-            body = {
-                "readings": values[start : start + CHUNK].tolist(),
-                "timestamps": stamps[start : start + CHUNK],
-                "seq": start,
-            }
+            body: dict[str, object] = {"readings": values[start : start + CHUNK].tolist(), "seq": start}
+            if timestamps:
+                body["timestamps"] = stamps[start : start + CHUNK]
             response = await manager.step(sid, None, body)
             for i, out in enumerate(response.outputs, start=start):
                 assert isinstance(out, schemas.SensorOutput)
                 if out.score is not None and out.probability is not None:
                     score[i], probability[i], is_anomaly[i] = out.score, out.probability, bool(out.is_anomaly)
-            advance(len(body["readings"]))
+            advance(len(response.outputs))
     finally:
         await manager.delete(sid, None)
     return Served(score, probability, is_anomaly)
@@ -193,10 +199,11 @@ def _silent(total: int) -> tuple[Callable[[int], object], Callable[[], object]]:
 
 
 async def evaluate(
-    settings: Settings, models: Sequence[str], progress: Progress = _silent
+    settings: Settings, models: Sequence[str], progress: Progress = _silent, timestamps: bool = True
 ) -> list[ModelReport]:
-    """Each named sensor model (its default version) on its own held-out synthetic test streams;
-    `progress(total readings)` -> (advance(n), close())."""
+    """Each named sensor model (its default version) on its own held-out synthetic test streams, readings
+    sent with their timestamps unless `timestamps` is False; `progress(total readings)` -> (advance(n),
+    close())."""
     manager = SessionManager(settings, Metrics())
     await manager.start()
     try:
@@ -207,7 +214,7 @@ async def evaluate(
 
         async def one(name: str, version: str, series: SensorSeries) -> Served:
             async with gate:
-                return await serve_stream(manager, name, version, series, advance)
+                return await serve_stream(manager, name, version, series, advance, timestamps)
 
         reports = []
         try:

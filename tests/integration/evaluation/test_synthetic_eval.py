@@ -34,12 +34,12 @@ def _series(values: np.ndarray, events: Sequence[AnomalyEvent]) -> SensorSeries:
     return SensorSeries(("value",), stamps, values[:, None], labels, ("spike",), tuple(events))
 
 
-async def _serve(model: str, streams: Sequence[SensorSeries]) -> list[Served]:
+async def _serve(model: str, streams: Sequence[SensorSeries], timestamps: bool = True) -> list[Served]:
     manager = SessionManager(_settings(), Metrics())
     await manager.start()
     try:
         version = manager.registry.get(model).version
-        return [await serve_stream(manager, model, version, s, lambda n: None) for s in streams]
+        return [await serve_stream(manager, model, version, s, lambda n: None, timestamps) for s in streams]
     finally:
         await manager.stop()
 
@@ -74,6 +74,9 @@ def test_an_obvious_spike_is_found_and_one_in_the_warm_up_is_missed() -> None:
     assert (rules["raw"].result["spike"].tp, rules["raw"].result["spike"].fp) == (0, 0)
     # the best probability threshold finds the spike after the warm-up at least
     assert rules["best"].result["spike"].tp >= 1
+    # without timestamps the model scores the same readings the same (only the daily profile needs them)
+    (untimed,) = asyncio.run(_serve("sensor-fleet", [stream], timestamps=False))
+    np.testing.assert_array_equal(untimed.score, served.score)
 
 
 @pytest.mark.slow
@@ -108,11 +111,14 @@ def _small_fleet(tmp_path: Path, data: dict[str, object] | None) -> Path:
     return models
 
 
-def test_the_command_writes_every_rule_per_type(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("flags", [[], ["--no-timestamps"]])
+def test_the_command_writes_every_rule_per_type(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
     models = _small_fleet(tmp_path, {"synthetic_eval_weeks": 0.5, "synthetic_events": 1})
     out = tmp_path / "f1.json"
     argv = ["synthetic", "--models-dir", str(models), "--model", "sensor-fleet", "--json", str(out)]
-    assert cli.main([*argv, "--no-progress"]) == 0
+    assert cli.main([*argv, "--no-progress", *flags]) == 0
     (report,) = json.loads(out.read_text())
     assert report["model"] == "sensor-fleet" and report["readings"] == report["streams"] * 504
     assert set(report["rules"]) == {"served", "raw", "best"}
