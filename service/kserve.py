@@ -24,9 +24,10 @@ sequence, and the sequence's state lives on the server between requests.
           (k: request parameter `top_k`, default 5; `<unk>` and `<eos>` included unless the
           parameter `include_special` is false)
   sensor: PREDICTED_MEAN FP32 [1, T, F], PREDICTED_STD FP32 [1, T, F], SCORE FP32 [1, T],
-          PROBABILITY FP32 [1, T], IS_ANOMALY BOOL [1, T]
-  The first event of a sequence predicts nothing (API v1 answers null): TOKEN_LOGPROB, SCORE and
-  PROBABILITY carry 0.0 there and IS_ANOMALY false.
+          PROBABILITY FP32 [1, T], IS_ANOMALY BOOL [1, T], LIKELIHOOD FP32 [1, T],
+          SURPRISE FP32 [1, T] (API v1's score, probability, is_anomaly, likelihood, surprise)
+  The first event of a sequence predicts nothing (API v1 answers null): TOKEN_LOGPROB, SCORE,
+  PROBABILITY, LIKELIHOOD and SURPRISE carry 0.0 there and IS_ANOMALY false.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ OUTPUTS: dict[str, dict[str, tuple[str, int]]] = {  # name -> (datatype, rank)
         "SCORE": ("FP32", 2),
         "PROBABILITY": ("FP32", 2),
         "IS_ANOMALY": ("BOOL", 2),
+        "LIKELIHOOD": ("FP32", 2),
+        "SURPRISE": ("FP32", 2),
     },
 }
 DEFAULT_TOP_K = 5
@@ -152,6 +155,8 @@ def encode_outputs(step: schemas.StepResponse, task: str, vocab_index: dict[str,
         arrays["SCORE"] = _fp32([o.score for o in sensor]).reshape(1, t)
         arrays["PROBABILITY"] = _fp32([o.probability for o in sensor]).reshape(1, t)
         arrays["IS_ANOMALY"] = np.array([bool(o.is_anomaly) for o in sensor], dtype=bool).reshape(1, t)
+        arrays["LIKELIHOOD"] = _fp32([o.likelihood for o in sensor]).reshape(1, t)
+        arrays["SURPRISE"] = _fp32([o.surprise for o in sensor]).reshape(1, t)
     return {name: Tensor(name, OUTPUTS[task][name][0], array) for name, array in arrays.items()}
 
 
