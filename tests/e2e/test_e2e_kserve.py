@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import pytest
 from e2e_support import Reference, ServerProcess, auth, close
+from v1_twin import V1_FIELDS, check_v1_fields, long_sensor_stream, rest_twin
 
 pytestmark = pytest.mark.e2e
 
@@ -62,6 +63,8 @@ def test_health_and_metadata(server: ServerProcess, client: httpx.Client) -> Non
     ]
     sensor = client.get("/v2/models/sensor-rnn/versions/1").json()
     assert sensor["inputs"][0]["shape"] == [1, -1, 3] and "SCORE" in {o["name"] for o in sensor["outputs"]}
+    for name in V1_FIELDS:  # as SCORE: one FP32 per reading
+        assert {"name": name, "datatype": "FP32", "shape": [1, -1]} in sensor["outputs"]
     assert client.get("/v2/models/lm-gru/ready").status_code == 200
     v2_error(client.get("/v2/models/no-such-model"), 404, "model_not_found")
     v2_error(client.get("/v2/models/lm-gru/versions/9/ready"), 404, "model_not_found")
@@ -122,6 +125,26 @@ def test_sensor_sequences_one_shot_and_string_ids(
     assert second.json()["id"] == "req-2"
     assert [o["name"] for o in second.json()["outputs"]] == ["SCORE", "IS_ANOMALY"]
     assert close(float(outputs(second)["SCORE"][0, 0]), expected[2]["score"])
+
+
+def test_sensor_likelihood_and_surprise_equal_api_v1(
+    client: httpx.Client, references: dict[str, Reference]
+) -> None:
+    """A sequence that asks for exactly LIKELIHOOD and SURPRISE gets exactly those, equal to what API v1
+    answers for the same readings on a twin session, past the likelihood's warm-up."""
+    chunks = long_sensor_stream(references["sensor-gru"], seed=11, chunks=5, size=60)
+    asked = [{"name": "SURPRISE"}, {"name": "LIKELIHOOD"}]
+    answers = []
+    for i, chunk in enumerate(chunks):
+        body = {
+            "parameters": {"sequence_id": "twin-v1", "sequence_start": i == 0, "sequence_end": i == 4},
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, *chunk.shape], "data": chunk.tolist()}],
+            "outputs": asked,
+        }
+        answers.append(client.post("/v2/models/sensor-gru/infer", json=body))
+        assert [o["name"] for o in answers[-1].json()["outputs"]] == ["SURPRISE", "LIKELIHOOD"]
+    got = {n: np.concatenate([outputs(a)[n] for a in answers], axis=1) for n in V1_FIELDS}
+    check_v1_fields(got, rest_twin(client, "sensor-gru", chunks))
 
 
 def test_bad_inference_requests(client: httpx.Client) -> None:
