@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import numpy as np
 import onnxruntime as ort
+from sensor_reference import warmup_probability
 
 from service.anomaly import WARMUP
 from service.manifest import Manifest, read_manifest
@@ -214,8 +215,9 @@ class Reference:
                     )
                 )
                 # the likelihood is 0.5 while the session learns its own score distribution (the first
-                # WARMUP scored readings), which is all these short streams see: a = -log10(1 - 0.5)
-                probability = math.log10(2) / (math.log10(2) + 5) if t <= WARMUP else None
+                # WARMUP scored readings), which is all these short streams see: a = -log10(1 - 0.5);
+                # a model trained on its sensor's history (fixed) also has its calibration's logistic
+                probability = warmup_probability(score, spec) if t <= WARMUP else None
             expected.append(
                 {"score": score, "probability": probability, "mean": served_mean[t], "std": served_std[t]}
             )  # normalized units

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
+from sensor_reference import warmup_probability
 
 from service import anomaly, schemas
 from service.manifest import read_manifest
@@ -188,5 +189,6 @@ def check_outputs(ref: Reference, events: list[Any], outputs: list[Any], fresh: 
         surprise = float(np.mean(np.minimum((x[t] - m) ** 2 / np.exp(lv), anomaly.CAP)))
         assert out.surprise == pytest.approx(surprise, rel=1e-4, abs=1e-6)
         assert out.likelihood == 0.5  # these streams are shorter than the likelihood's warmup
-        assert out.probability is not None and 0 < out.probability < 0.5
+        assert out.probability is not None
+        assert out.probability == pytest.approx(warmup_probability(score, spec), abs=1e-4)
         assert out.is_anomaly == (out.probability >= 0.5)

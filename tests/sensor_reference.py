@@ -1,0 +1,20 @@
+"""What a sensor session answers as `probability` during its warm-up, written out from the README for the
+reference checks of the e2e and manager tests."""
+
+from __future__ import annotations
+
+import math
+
+from service.manifest import SensorSpec
+
+A_MAX = 1e6  # README: probability stays below 1 (a = 1e6 at most)
+
+
+def warmup_probability(score: float, spec: SensorSpec) -> float:
+    """Before WARMUP scored readings the likelihood is 0.5 (a = -log10(0.5)); a model trained on its
+    sensor's history (fixed normalisation) also answers its calibration's logistic of the raw score."""
+    a = math.log10(2)
+    if spec.normalization == "fixed":
+        u = (score - spec.calibration.center) / spec.calibration.scale
+        a = max(a, 5 * math.exp(min(u, math.log(A_MAX / 5))))  # a / (a + 5) = the logistic of u
+    return a / (a + 5)
