@@ -5,7 +5,12 @@
 const $ = (id) => document.getElementById(id);
 const keyInput = $("key");
 keyInput.value = localStorage.getItem("rnnserve-key") || "";
-keyInput.addEventListener("change", () => localStorage.setItem("rnnserve-key", keyInput.value));
+// a new key starts over: the sessions belong to the key that opened them
+$("key-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  localStorage.setItem("rnnserve-key", keyInput.value);
+  location.reload();
+});
 
 function headers() {
   const h = { "content-type": "application/json" };
@@ -15,9 +20,19 @@ function headers() {
 
 async function api(method, path, body) {
   const r = await fetch(path, { method, headers: headers(), body: body && JSON.stringify(body) });
-  const answer = await r.json();
-  if (!r.ok) throw new Error((answer.error && answer.error.message) || r.statusText);
+  const answer = await r.json().catch(() => ({}));
+  if (r.status === 401) throw keyError(answer);
+  if (!r.ok) throw new Error((answer.error && answer.error.message) || r.status + " " + r.statusText);
   return answer;
+}
+
+// 401: the server has API keys and this page sent none or a wrong one
+function keyError(answer) {
+  keyInput.focus();
+  const why = (answer.error && answer.error.message) || "401 Unauthorized";
+  return new Error(keyInput.value
+    ? "The server refused this API key (" + why + "): type the right key above and press Use key."
+    : "This server needs an API key: type it above and press Use key.");
 }
 
 async function defaultModel(task) {
@@ -42,12 +57,17 @@ class Stream {
     this.id = id; this.ws = ws; this.waiting = [];
     ws.onmessage = (m) => {
       const answer = JSON.parse(m.data);
-      const { ok, fail } = this.waiting.shift();
-      answer.error ? fail(new Error(answer.error.message)) : ok(answer);
+      const waiter = this.waiting.shift();  // none: the server refused the stream itself (then closes it)
+      if (waiter) answer.error ? waiter.fail(new Error(answer.error.message)) : waiter.ok(answer);
     };
-    ws.onclose = () => this.waiting.splice(0).forEach(({ fail }) => fail(new Error("stream closed")));
+    ws.onclose = (e) => {
+      const why = "stream closed" + (e.code === 4401 ? ": " + keyError({}).message : e.reason ? " (" + e.reason + ")" : "");
+      this.closed = why;
+      this.waiting.splice(0).forEach(({ fail }) => fail(new Error(why)));
+    };
   }
   send(body) {
+    if (this.ws.readyState !== WebSocket.OPEN) return Promise.reject(new Error(this.closed || "stream closed"));
     return new Promise((ok, fail) => { this.waiting.push({ ok, fail }); this.ws.send(JSON.stringify(body)); });
   }
   reset() { return api("POST", "/v1/sessions/" + this.id + "/reset"); }
@@ -78,13 +98,13 @@ const GLUED = new Set([".", ",", ";", ":", "!", "?", ")", "'s", "'t", "'re", "'v
 async function startLm() {
   const status = $("lm-status");
   const text = $("text");
-  let stream, sent = "", suggestions = [], busy = false;
-  try {
-    stream = await Stream.open(await defaultModel("lm"));
-  } catch (e) { status.textContent = e.message; status.className = "status error"; return; }
+  let stream, last, sent = "", suggestions = [], busy = false;
   // a line start for the model (WikiText's lines end with <eos>), so the first word has suggestions too
   const begin = async () => { await stream.reset(); return stream.send({ tokens: ["<eos>"], top_k: 30 }); };
-  let last = await begin();
+  try {
+    stream = await Stream.open(await defaultModel("lm"));
+    last = await begin();
+  } catch (e) { status.textContent = e.message; status.className = "status error"; return; }
 
   async function sync() {
     if (busy) return;
@@ -103,6 +123,7 @@ async function startLm() {
         }
         sent = complete;
         status.textContent = "seq " + last.seq + " (events the session has consumed)";
+        status.className = "status";
       }
       render();
     } catch (e) {
@@ -196,11 +217,12 @@ async function startSensor() {
     while (points.length > WINDOW) points.shift();
     draw();
     status.textContent = `seq ${answer.seq}: ${flagged} reading(s) flagged so far`;
+    status.className = "status";
   }
 
   // a day of readings at once, so that the model's state has settled before the live part
   const warm = Array.from({ length: DAY }, () => source.next().value);
-  await push(warm);
+  try { await push(warm); } catch (e) { status.textContent = e.message; status.className = "status error"; return; }
 
   async function tick() {
     if (running) {
