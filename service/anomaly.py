@@ -34,10 +34,14 @@ hour has MIN_COUNT readings. Those daily surprises get a likelihood of their own
 model's), whose -log10 tail is a third piece of evidence for `probability`. Readings without a
 timestamp stay out of it.
 
-Warm-up: the likelihoods and the range wait for WARMUP readings. A model trained on this sensor's own
-history (fixed normalisation) has a calibration of its raw score from training; until then its evidence
-is RED * exp((score - center) / scale), which makes `probability` the manifest's logistic. A fleet model
-(online) knows nothing of a new stream's scores: its sessions only learn.
+Training's calibration: the likelihoods and the range wait for WARMUP readings. A model trained on this
+sensor's own history (fixed normalisation) has a calibration of its raw score from training, whose
+evidence is RED * exp((score - center) / scale) (it makes `probability` the manifest's logistic, 0.5 at
+training's threshold): until WARMUP it speaks for the session, and where training chose the threshold
+on labelled anomalies (the threshold then knows what an anomaly of this sensor scores, which a stream's
+own statistics cannot learn) it keeps speaking after. A threshold set at a quantile of unlabelled
+validation scores is only the warm-up's guess. A fleet model (online) knows nothing of a new stream's
+scores: its sessions only learn.
 
 Online normalisation (fleet models, manifest `normalization: "online"`): reading t enters the model as
 `(r_t - m_{t-1}) / s_{t-1}`, with m, s the running mean and std of readings 0..t-1 (same running-moment
@@ -180,9 +184,11 @@ class SessionStats:
         mean: np.ndarray,
         std: np.ndarray,
         calibration: tuple[float, float] | None = None,
+        labelled: bool = False,
     ) -> None:
         self.features = features
-        self.calibration = calibration  # (center, scale) of the raw score: the warm-up's evidence
+        self.calibration = calibration  # (center, scale) of the raw score: training's evidence
+        self.labelled = labelled  # the threshold was chosen on labelled anomalies: it speaks after warm-up
         self.floats = stats_floats(features)
         self.online = online
         self.mu = np.asarray(mean, np.float64)  # [F] fixed normalisation
@@ -321,13 +327,14 @@ class SessionStats:
         ]
 
     def _calibrated(self, score: np.ndarray, seen: np.ndarray) -> np.ndarray:
-        """The training calibration's evidence [B, T] while the likelihood warms up (0 after): a model
-        trained on this sensor's history knows its scores, and RED * exp((score - center) / scale) makes
-        probability the manifest's logistic, 0.5 at the threshold training chose."""
+        """Training's calibration's evidence [B, T] (module docs): RED * exp((score - center) / scale),
+        during the likelihood's warm-up only unless the threshold was chosen on labelled anomalies."""
         assert self.calibration is not None
         center, scale = self.calibration
-        warming = (seen[:, None] + np.arange(score.shape[1]) - 1) < WARMUP  # scored readings before each
         u = np.minimum((np.nan_to_num(score, nan=-np.inf) - center) / scale, math.log(A_NOVEL_MAX / RED))
+        if self.labelled:
+            return RED * np.exp(u)
+        warming = (seen[:, None] + np.arange(score.shape[1]) - 1) < WARMUP  # scored readings before each
         return np.where(warming, RED * np.exp(u), 0.0)
 
     @staticmethod

@@ -109,6 +109,13 @@ class Calibration(_Strict):
     # How the threshold was chosen and how it did on validation data; informative only.
     summary: dict[str, float | int | str] = Field(default_factory=dict)
 
+    @property
+    def labelled(self) -> bool:
+        """Whether training chose the threshold on labelled validation anomalies (its summary counts
+        them as valid_all_events), not at a quantile of unlabelled scores."""
+        events = self.summary.get("valid_all_events", 0)
+        return isinstance(events, int | float) and events > 0
+
     def probability(self, score: float) -> float:
         z = (score - self.center) / self.scale
         # Written so that exp never overflows for large |z|.
