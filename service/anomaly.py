@@ -332,10 +332,11 @@ class SessionStats:
         assert self.calibration is not None
         center, scale = self.calibration
         u = np.minimum((np.nan_to_num(score, nan=-np.inf) - center) / scale, math.log(A_NOVEL_MAX / RED))
+        evidence: np.ndarray = RED * np.exp(u)
         if self.labelled:
-            return RED * np.exp(u)
+            return evidence
         warming = (seen[:, None] + np.arange(score.shape[1]) - 1) < WARMUP  # scored readings before each
-        return np.where(warming, RED * np.exp(u), 0.0)
+        return np.where(warming, evidence, 0.0)
 
     @staticmethod
     def _track(surprise: np.ndarray, block: np.ndarray) -> np.ndarray:
