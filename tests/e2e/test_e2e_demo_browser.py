@@ -23,16 +23,21 @@ import httpx
 import pytest
 from e2e_support import KEYS, ServerProcess, auth
 
-pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.slow]
-
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).is_file():
-    pytest.skip("no chromium (apt-get install chromium)", allow_module_level=True)
-if importlib.util.find_spec("playwright") is None:
-    pytest.skip("the playwright package is missing (pip install -e '.[dev]')", allow_module_level=True)
-
-from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
+HAVE_PLAYWRIGHT = importlib.util.find_spec("playwright") is not None
+# each test skips on its own, so the closing summary counts them all (a module-level skip counts as one)
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="no chromium (apt-get install chromium)"),
+    pytest.mark.skipif(
+        not HAVE_PLAYWRIGHT, reason="the playwright package is missing (pip install -e '.[dev]')"
+    ),
+]
+if HAVE_PLAYWRIGHT:
+    from playwright.sync_api import Browser, Page, sync_playwright
 
 PREFIX = "the game was released in "
 READING_BLUE = (0x2B, 0x6C, 0xB0)  # the chart's reading line (demo.js draw())
