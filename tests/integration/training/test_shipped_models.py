@@ -20,8 +20,7 @@ import pytest
 from bare_artifact import open_bare, zero_states
 
 from training.calibration import Scored, detect
-from training.data.synthetic import ANOMALY_TYPES, WEEK, generate
-from training.tasks.sensor import carry_forward
+from training.data.synthetic import ANOMALY_TYPES, WEEK, carry_forward, generate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MODELS = Path(__file__).resolve().parents[3] / "models"

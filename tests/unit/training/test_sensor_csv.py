@@ -9,7 +9,7 @@ import pytest
 
 from training.data.errors import DataError
 from training.data.sensor_csv import read_sensor_csv
-from training.tasks.sensor import carry_forward
+from training.data.synthetic import carry_forward
 
 pytestmark = pytest.mark.unit
 
