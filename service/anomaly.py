@@ -34,14 +34,15 @@ hour has MIN_COUNT readings. Those daily surprises get a likelihood of their own
 model's), whose -log10 tail is a third piece of evidence for `probability`. Readings without a
 timestamp stay out of it.
 
-Training's calibration: the likelihoods and the range wait for WARMUP readings. A model trained on this
-sensor's own history (fixed normalisation) has a calibration of its raw score from training, whose
-evidence is RED * exp((score - center) / scale) (it makes `probability` the manifest's logistic, 0.5 at
-training's threshold): until WARMUP it speaks for the session, and where training chose the threshold
-on labelled anomalies (the threshold then knows what an anomaly of this sensor scores, which a stream's
-own statistics cannot learn) it keeps speaking after. A threshold set at a quantile of unlabelled
-validation scores is only the warm-up's guess. A fleet model (online) knows nothing of a new stream's
-scores: its sessions only learn.
+Training's calibration: a model trained on this sensor's own history (fixed normalisation) has a
+calibration of its raw score from training, whose evidence is RED * exp((score - center) / scale) (it
+makes `probability` the manifest's logistic, 0.5 at training's threshold). Where training chose that
+threshold on labelled anomalies of this sensor, it knows what an anomaly scores, which the stream's own
+statistics cannot learn (they learn from a stream that may be full of anomalies, and a capped,
+averaged surprise hides a spike's size): it alone decides `probability`. A threshold set at a quantile
+of unlabelled validation scores is only a guess: it speaks for the session while the likelihoods and
+the range wait for WARMUP readings, beside them. A fleet model (online) knows nothing of a new
+stream's scores: its sessions only learn.
 
 Online normalisation (fleet models, manifest `normalization: "online"`): reading t enters the model as
 `(r_t - m_{t-1}) / s_{t-1}`, with m, s the running mean and std of readings 0..t-1 (same running-moment
@@ -188,7 +189,7 @@ class SessionStats:
     ) -> None:
         self.features = features
         self.calibration = calibration  # (center, scale) of the raw score: training's evidence
-        self.labelled = labelled  # the threshold was chosen on labelled anomalies: it speaks after warm-up
+        self.labelled = labelled and calibration is not None  # chosen on labelled anomalies: it decides
         self.floats = stats_floats(features)
         self.online = online
         self.mu = np.asarray(mean, np.float64)  # [F] fixed normalisation
@@ -311,11 +312,14 @@ class SessionStats:
         k = 2 * self.features + 1
         log10_q = self._track(surprise, stats[:, k : k + 3 + WINDOW])
         likelihood = 1.0 - 10.0**log10_q
-        # whichever is the strongest evidence: the likelihood, the range novelty, the daily profile
-        evidence = np.maximum(carry.novelty, carry.daily)
-        if self.calibration is not None:
-            evidence = np.maximum(evidence, self._calibrated(score, carry.seen))
-        probability = probability_from_tail(-np.maximum(-log10_q, evidence))
+        if self.labelled:  # training's threshold, chosen on this sensor's labelled anomalies, decides
+            evidence = self._calibrated(score, carry.seen)
+            probability = np.where(np.isnan(log10_q), np.nan, probability_from_tail(-evidence))
+        else:  # whichever is the strongest evidence: the likelihood, the range novelty, the daily profile
+            evidence = np.maximum(carry.novelty, carry.daily)
+            if self.calibration is not None:
+                evidence = np.maximum(evidence, self._calibrated(score, carry.seen))
+            probability = probability_from_tail(-np.maximum(-log10_q, evidence))
         centre, scale = carry.centre[:, 1:], carry.scale[:, 1:]
         return [
             mean * scale + centre,

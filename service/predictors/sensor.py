@@ -119,7 +119,12 @@ class SensorPredictor:
         # a fixed-normalisation model was trained on this sensor's history: its calibration holds for it
         prior = None if self.online else (self.calibration.center, self.calibration.scale)
         self.session_stats = SessionStats(
-            len(self.features), self.online, self.mu, self.sigma, prior, self.calibration.labelled
+            len(self.features),
+            self.online,
+            self.mu,
+            self.sigma,
+            prior,
+            prior is not None and self.calibration.labelled,
         )
         self.settings = settings
         self.anomaly_counter = metrics.anomalies.labels(model.name, model.version) if metrics else None
