@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from service.store import tombstone_arrays
 from service.store.base import SessionKey, key_to_id
 from service.store.slab import NO_ANSWER, Partition
 
@@ -254,16 +255,7 @@ def to_arrays(capture: Capture) -> tuple[dict[str, Any], dict[str, np.ndarray | 
                 "states": part.state_count,
             }
         )
-    arrays.update(_tombstone_arrays(capture))
-    return header, arrays
-
-
-def _tombstone_arrays(capture: Capture) -> dict[str, np.ndarray]:
     now = capture.saved_at - capture.wall_offset  # monotonic, as the tombstones' times are
-    live = [(key, tomb) for key, tomb in capture.tombstones if tomb[2] > now]
-    return {
-        "gone.ids": np.array([key_to_id(key) for key, _ in live], dtype=np.str_),
-        "gone.reason": np.array([tomb[0] for _, tomb in live], dtype=np.str_),
-        "gone.owner": np.array([tomb[1] for _, tomb in live], dtype=np.int64),  # index into owners
-        "gone.until": np.array([capture.wall_offset + tomb[2] for _, tomb in live], dtype=np.float64),
-    }
+    header["gone_reasons"], gone = tombstone_arrays.encode(capture.tombstones, now, capture.wall_offset)
+    arrays.update(gone)
+    return header, arrays

@@ -5,7 +5,8 @@
     p<i>.state<k>          float32 [L, n, H]  state tensor k of partition i's n sessions
     p<i>.<column>          one entry per session: ids, seq, created, expires, owner, answer_seq, answer_fp,
                            answer_len (-1: none); p<i>.answers is every stored answer, concatenated
-    gone.<column>          ended ids still answered with 410: ids, reason, owner, until (wall clock)
+    gone.<column>          ended ids still answered with 410: keys, key_len, raw, reason, owner, until
+                           (wall clock); see tombstone_arrays.py
 
 Written to a temporary file in the same directory, fsync'ed, renamed over the target and the directory
 fsync'ed, so that a crash (even of the machine) leaves either the old snapshot or the new one, never
@@ -27,7 +28,7 @@ import os
 import tempfile
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,9 @@ import numpy as np
 from numpy.lib import format as fmt
 
 from service.errors import ServiceError
+from service.store import tombstone_arrays
 from service.store.base import Saved
+from service.store.heap import release_free_memory
 from service.store.snapshot_capture import Capture, Pieces, capture, capture_now, to_arrays
 
 if TYPE_CHECKING:
@@ -44,7 +47,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # 2 added the digest; format 1 files (written before) are read with the zip's CRCs alone
+# 2 added the digest (format 1 files are read with the zip's CRCs alone); 3 the compact tombstones
+FORMAT = 3
+READABLE = (1, 2, 3)
 TEMP_SUFFIX = ".tmp"
 
 
@@ -82,7 +87,7 @@ def _member(zf: zipfile.ZipFile, name: str, array: Pieces) -> None:
             out.write(_bytes(part))
 
 
-def write_snapshot(path: Path, header: dict[str, Any], arrays: dict[str, np.ndarray | Pieces]) -> None:
+def write_snapshot(path: Path, header: dict[str, Any], arrays: Mapping[str, np.ndarray | Pieces]) -> None:
     """The file as np.savez would write it (np.load reads it), streamed: the state tensors go to disk
     piece by piece, and the digest is taken in the same pass."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,9 +139,9 @@ def read_snapshot(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         header = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: the snapshot header is not JSON") from exc
-    if not isinstance(header, dict) or header.get("format") not in (1, FORMAT):
-        raise ValueError(f"{path}: not a session snapshot of format 1 or {FORMAT}")
-    if header["format"] == FORMAT and digest != _digest(text, arrays):
+    if not isinstance(header, dict) or header.get("format") not in READABLE:
+        raise ValueError(f"{path}: not a session snapshot of format {', '.join(map(str, READABLE))}")
+    if header["format"] >= 2 and digest != _digest(text, arrays):
         raise ValueError(f"{path}: the snapshot's digest does not match its contents (corrupt)")
     return header, arrays
 
@@ -157,17 +162,18 @@ async def save_sessions_async(store: MemoryStore, path: Path) -> Saved:
     """`save_sessions` without stalling the event loop: copied in short steps between batches, written
     in a thread."""
     snapshot = await capture(store)
+    loop = {
+        "stall_s": snapshot.stall_s,
+        "loop_s": snapshot.loop_s,
+        "loop_cpu_s": snapshot.loop_cpu_s,
+        "stall_cpu_s": snapshot.stall_cpu_s,
+    }
     t0 = time.perf_counter()
     count, cpu = await asyncio.to_thread(_write_timed, snapshot, path)
-    return Saved(
-        count,
-        stall_s=snapshot.stall_s,
-        loop_s=snapshot.loop_s,
-        loop_cpu_s=snapshot.loop_cpu_s,
-        stall_cpu_s=snapshot.stall_cpu_s,
-        write_s=time.perf_counter() - t0,
-        write_cpu_s=cpu,
-    )
+    saved = Saved(count, **loop, write_s=time.perf_counter() - t0, write_cpu_s=cpu)
+    del snapshot  # the copy is garbage now: hand the pages it and its arrays held back (see heap.py)
+    await asyncio.to_thread(release_free_memory)
+    return saved
 
 
 def _write_timed(snapshot: Capture, path: Path) -> tuple[int, float]:
@@ -176,16 +182,9 @@ def _write_timed(snapshot: Capture, path: Path) -> tuple[int, float]:
     return _write(snapshot, path), time.thread_time() - t0
 
 
-def _load_tombstones(store: MemoryStore, arrays: dict[str, np.ndarray], owners: list[str | None]) -> None:
-    if "gone.ids" not in arrays:
-        return
-    for session_id, reason, owner, until in zip(
-        arrays["gone.ids"].tolist(),
-        arrays["gone.reason"].tolist(),
-        arrays["gone.owner"].tolist(),
-        arrays["gone.until"].tolist(),
-        strict=True,
-    ):
+def _load_tombstones(store: MemoryStore, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    owners: list[str | None] = header["owners"]
+    for session_id, reason, owner, until in tombstone_arrays.decode(header, arrays):
         store.remember_ended(session_id, reason, owners[owner], until)
 
 
@@ -239,5 +238,5 @@ def load_sessions(store: MemoryStore, path: Path, models: Sequence[LoadedModel])
                 p.answer_fp[record.row] = arrays[f"p{i}.answer_fp"][j]
                 p.answers[record.row] = blob[ends[j] : ends[j + 1]]
             loaded += 1
-    _load_tombstones(store, arrays, owners)
+    _load_tombstones(store, header, arrays)
     return loaded

@@ -183,7 +183,7 @@ async def test_chunked_and_one_step_copies_of_a_quiet_store_are_the_same(tmp_pat
     assert whole[1].keys() == chunked[1].keys()
     for name in whole[1]:
         assert np.array_equal(whole[1][name], chunked[1][name]), name
-    assert len(whole[1]["p0.ids"]) == 40 and len(whole[1]["gone.ids"]) == 10
+    assert len(whole[1]["p0.ids"]) == 40 and len(whole[1]["gone.raw"]) == 10
     assert whole[1]["p0.state0"].shape == (SHAPE[1], 40, SHAPE[2])
     # each session's state where its id is: the chunks' rows were laid out per layer, in order
     restored = restore(paths[1])
@@ -227,7 +227,7 @@ def _tamper_state(arrays: dict[str, np.ndarray]) -> None:
 
 
 def _drop_tombstones(arrays: dict[str, np.ndarray]) -> None:
-    del arrays["gone.ids"]
+    del arrays["gone.keys"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,87 @@
+"""The snapshot's tombstones as a few flat arrays, built without a Python object per tombstone.
+
+    gone.keys      uint8    every key's bytes, concatenated: our own ids as their 16 raw bytes, a
+                            client-chosen id as its UTF-8 text
+    gone.key_len   int32    each key's length in gone.keys
+    gone.raw       bool     whether the key is 16 raw bytes (an id of ours, written back as hex)
+    gone.reason    uint8    index into the header's `gone_reasons`
+    gone.owner     int32    index into the header's `owners`
+    gone.until     float64  wall-clock time the tombstone is forgotten
+
+A snapshot runs every few seconds and there may be `max_sessions` tombstones per served version. The
+format 2 layout (a fixed-width unicode array of hex ids, built from a new str per id, and a float per
+time) cost ~30 MB of temporaries for 100,000 tombstones, some of it as small objects the allocator keeps
+after the snapshot; this one costs ~4 MB, all of it in a few numpy buffers. Files of format 1 and 2
+(`gone.ids`, unicode reasons) are still read.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from service.store.base import SessionKey
+
+Tomb = tuple[str, int, float]  # (reason, owner index, monotonic time it is forgotten)
+
+
+def encode(
+    tombs: list[tuple[SessionKey, Tomb]], now: float, wall_offset: float
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """(reasons, arrays) of the tombstones not yet past their time (`now` monotonic)."""
+    n = len(tombs)
+    until = np.fromiter((t[2] for _, t in tombs), np.float64, count=n)
+    keep = until > now
+    live = list(itertools.compress(tombs, keep.tolist())) if not keep.all() else tombs
+    m = len(live)
+    reasons = sorted({t[0] for _, t in live})
+    code = {r: i for i, r in enumerate(reasons)}
+    keys = [k for k, _ in live]
+    return reasons, {
+        "gone.keys": np.frombuffer(b"".join(_raw(keys)), np.uint8),
+        "gone.key_len": np.fromiter(
+            (len(k) if isinstance(k, bytes) else len(k.encode()) for k in keys), np.int32, count=m
+        ),
+        "gone.raw": np.fromiter((isinstance(k, bytes) for k in keys), np.bool_, count=m),
+        "gone.reason": np.fromiter((code[t[0]] for _, t in live), np.uint8, count=m),
+        "gone.owner": np.fromiter((t[1] for _, t in live), np.int32, count=m),
+        "gone.until": until[keep] + wall_offset,
+    }
+
+
+def _raw(keys: list[SessionKey]) -> Iterator[bytes]:
+    return (k if isinstance(k, bytes) else k.encode() for k in keys)
+
+
+def decode(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Iterator[tuple[str, str, int, float]]:
+    """(session id, reason, owner index, wall-clock until) of every tombstone in the file, of any format."""
+    if "gone.keys" not in arrays:  # formats 1 and 2
+        if "gone.ids" in arrays:
+            yield from zip(
+                arrays["gone.ids"].tolist(),
+                arrays["gone.reason"].tolist(),
+                arrays["gone.owner"].tolist(),
+                arrays["gone.until"].tolist(),
+                strict=True,
+            )
+        return
+    reasons: list[str] = header["gone_reasons"]
+    blob = arrays["gone.keys"].tobytes()
+    ends = np.cumsum(arrays["gone.key_len"], dtype=np.int64).tolist()
+    if (ends[-1] if ends else 0) != len(blob):
+        raise ValueError("the snapshot's tombstone keys do not add up to their lengths")
+    start = 0
+    for end, raw, reason, owner, until in zip(
+        ends,
+        arrays["gone.raw"].tolist(),
+        arrays["gone.reason"].tolist(),
+        arrays["gone.owner"].tolist(),
+        arrays["gone.until"].tolist(),
+        strict=True,
+    ):
+        key = blob[start:end]
+        start = end
+        yield (key.hex() if raw else key.decode()), reasons[reason], owner, until
