@@ -11,13 +11,14 @@ size of every structure that holds per-session entries:
     store index, slab rows live / capacity / free, stored answers, ids held by rows, tombstones,
     turn entries (service/turns.py), owner table, the batcher's queue
 
-Periodic snapshots run at their default interval (RNNSERVE_SNAPSHOT_INTERVAL_S), into a temporary
-directory, so that their code soaks too. The verdict: RSS growth from the end of the warm-up to the
-end under `--max-rss-growth` (5%); at the end no session, row, answer, id or turn entry left,
-tombstones within their bound (max_sessions per served version), slab capacity within what the
-workers ever held at once. The warm-up must be long enough for the tombstones to reach their bound
-(max_sessions deletes), after which they are trimmed as fast as they are added. Exit status 1 when
-any check fails. JSON goes to benchmarks/results/.
+Periodic snapshots run at their default interval (RNNSERVE_SNAPSHOT_INTERVAL_S) or every
+`--snapshot-interval` seconds, into a temporary directory, so that their code soaks too; each sample
+counts them. The verdict: RSS growth from the end of the warm-up to the end under `--max-rss-growth`
+(5%); at the end no session, row, answer, id or turn entry left, tombstones within their bound
+(max_sessions per served version), slab capacity within what the workers ever held at once. The
+warm-up must be long enough for the tombstones to reach their bound (max_sessions deletes), after
+which they are trimmed as fast as they are added. Exit status 1 when any check fails.
+JSON goes to benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def census(manager: SessionManager) -> dict[str, int]:
         "turns": len(manager._turns),
         "owners": len(store.owners),
         "queued": sum(s.batcher.queued for s in manager._served.values()),
+        "snapshots": int(
+            manager.metrics.registry.get_sample_value("rnnserve_snapshot_seconds_count", {"phase": "write"})
+            or 0
+        ),
     }
 
 
@@ -93,7 +98,7 @@ async def soak(manager: SessionManager, art: Artifact, args: argparse.Namespace)
         print(
             f"  {done:>9,} cycles {row['s']:7.0f} s  rss {row['rss_bytes'] / 2**20:7.1f} MiB  "
             f"live {row['live_rows']:>4}  capacity {row['capacity']:>5}  answers {row['answers']:>4}  "
-            f"tombstones {row['tombstones']:>7,}  turns {row['turns']}",
+            f"tombstones {row['tombstones']:>7,}  turns {row['turns']}  snapshots {row['snapshots']}",
             flush=True,
         )
 
@@ -170,6 +175,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-every", type=int, default=50_000, help="cycles between samples (%(default)s)")
     p.add_argument("--workers", type=int, default=64, help="concurrent clients (%(default)s)")
     p.add_argument("--max-sessions", type=int, default=100_000, help="RNNSERVE_MAX_SESSIONS (%(default)s)")
+    p.add_argument(
+        "--snapshot-interval",
+        type=float,
+        default=None,
+        help="RNNSERVE_SNAPSHOT_INTERVAL_S; short to soak many snapshots in a short run (the default's)",
+    )
     p.add_argument("--max-rss-growth", type=float, default=0.05, help="allowed growth (%(default)s)")
     p.add_argument("--threads", type=int, default=default_threads(), help="ONNX Runtime intra-op threads")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where the JSON goes (%(default)s)")
@@ -184,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             models_dir=models_dir,
             # periodic snapshots on, at their default interval: their code soaks too
             snapshot_path=Path(tmp) / "sessions.snapshot",
+            **({} if args.snapshot_interval is None else {"snapshot_interval_s": args.snapshot_interval}),
             max_sessions=args.max_sessions,
             intra_op_threads=args.threads,
             inter_op_threads=1,
@@ -210,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{result['cycles']:,} cycles in {result['elapsed_s']:.0f} s ({rate:.0f}/s); "
         f"RSS {result['rss_after_warmup_bytes'] / 2**20:.1f} MiB after warm-up -> "
-        f"{result['rss_end_bytes'] / 2**20:.1f} MiB at the end ({100 * result['rss_growth']:+.2f}%)"
+        f"{result['rss_end_bytes'] / 2**20:.1f} MiB at the end ({100 * result['rss_growth']:+.2f}%), "
+        f"{result['samples'][-1]['snapshots']} periodic snapshots"
     )
     for name, ok in result["checks"].items():
         print(f"  {'ok  ' if ok else 'FAIL'} {name}")
