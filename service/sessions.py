@@ -281,7 +281,9 @@ class SessionManager:
         self.check_open()
         await self._turns.acquire(session_id)
         try:
-            record = await self.store.lookup(session_id, owner)
+            # no touch: a reset refused here (its version not served) leaves the idle TTL as it was;
+            # store.reset marks the session used
+            record = await self.store.lookup(session_id, owner, touch=False)
             self._served_for(record)
             return self._info(await self.store.reset(record))
         finally:

@@ -22,6 +22,7 @@ from service.errors import (
 from service.metrics import Metrics
 from service.sessions import SessionManager
 from service.settings import Settings
+from service.store import MemoryStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -142,3 +143,27 @@ async def test_not_ready_before_start(make_settings: Callable[..., Settings]) ->
     assert not manager.ready
     with pytest.raises(NotReady):
         await manager.create(schemas.CreateSession(model="lm-gru"), None)
+
+
+async def test_a_refused_reset_leaves_the_idle_ttl_and_an_applied_one_restarts_it(
+    make_settings: Callable[..., Settings],
+) -> None:
+    now = [1000.0]
+    async with running(make_settings(), clock=lambda: now[0]) as manager:
+        store = manager.store
+        if not isinstance(store, MemoryStore):
+            pytest.skip("the fake clock and a session on an unserved version need the memory store")
+        # a session on a version this server does not serve (as another replica's, in a shared store)
+        store.attach_spec("lm-gru/99", 1, 1, 4, sha256="f" * 64)
+        ghost = store.create_now("lm-gru/99", None, session_id="ghost").session_id
+        served = (await manager.create(schemas.CreateSession(model="lm-gru"), None)).session_id
+        await manager.step(served, None, {"tokens": ["w1"], "seq": 0})
+        before = {sid: await store.lookup(sid, None, touch=False) for sid in (ghost, served)}
+        now[0] += 5.0
+        with pytest.raises(ModelNotFound):
+            await manager.reset(ghost, None)
+        assert await store.lookup(ghost, None, touch=False) == before[ghost]
+        info = await manager.reset(served, None)
+        after = await store.lookup(served, None, touch=False)
+        assert info.seq == after.seq == 0
+        assert after.last_used_at == before[served].last_used_at + 5.0
