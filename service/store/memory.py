@@ -418,10 +418,11 @@ class MemoryStore:
         self._trim_tombstones(now)
         return expired
 
-    def tombstone_items(self) -> list[tuple[SessionKey, tuple[str, int, float]]]:
-        """A copy of the tombstones, (key, (reason, owner index, monotonic time it is forgotten)),
-        taken in one C-level step (snapshots take it on the event loop); some may be past their time."""
-        return self._gone.items()
+    def tombstone_copy(self) -> tuple[list[SessionKey], list[tuple[str, int, float]]]:
+        """A copy of the tombstones: their keys, and their (reason, owner index, monotonic time it is
+        forgotten) in the same order, taken in two C-level list copies (snapshots take it on the event
+        loop); some may be past their time."""
+        return self._gone.copy()
 
     async def end_all(self, model_key: str, reason: str) -> int:
         index = self._part_by_key.get(model_key)

@@ -28,6 +28,7 @@ import numpy as np
 
 from service.store import tombstone_arrays
 from service.store.base import SessionKey, key_to_id
+from service.store.pieces import Pieces
 from service.store.slab import NO_ANSWER, Partition
 
 if TYPE_CHECKING:
@@ -77,7 +78,10 @@ class Capture:
     saved_at: float  # wall clock
     owners: list[str | None]
     parts: list[_PartCopy]
-    tombstones: list[tuple[SessionKey, tuple[str, int, float]]] = field(default_factory=list)
+    # the tombstones: keys, and (reason, owner index, until) in the same order
+    tombstones: tuple[list[SessionKey], list[tuple[str, int, float]]] = field(
+        default_factory=lambda: ([], [])
+    )
     stall_s: float = 0.0
     loop_s: float = 0.0
     loop_cpu_s: float = 0.0
@@ -128,7 +132,7 @@ def _begin(store: MemoryStore) -> Capture:
 
 def _finish(store: MemoryStore, capture: Capture) -> None:
     # the owner table only grows, so taken last it covers every owner index copied before
-    capture.tombstones = store.tombstone_items()
+    capture.tombstones = store.tombstone_copy()
     capture.owners = list(store.owners)
 
 
@@ -189,16 +193,6 @@ def _latest_only(capture: Capture) -> None:
                 c.answers = [a for a, good in zip(c.answers, keep.tolist(), strict=True) if good]
 
 
-@dataclass
-class Pieces:
-    """An array given as pieces whose bytes, in order, are its bytes in C order: the state tensors,
-    written chunk by chunk without first joining hundreds of MB into one array."""
-
-    dtype: np.dtype[Any]
-    shape: tuple[int, ...]
-    parts: list[np.ndarray]
-
-
 def _state_pieces(part: _PartCopy, k: int) -> Pieces:
     """State tensor k of a partition's chunks, [L, n, H]: per layer, each chunk's [n_c, H] rows."""
     chunks = part.chunks
@@ -256,6 +250,6 @@ def to_arrays(capture: Capture) -> tuple[dict[str, Any], dict[str, np.ndarray | 
             }
         )
     now = capture.saved_at - capture.wall_offset  # monotonic, as the tombstones' times are
-    header["gone_reasons"], gone = tombstone_arrays.encode(capture.tombstones, now, capture.wall_offset)
+    header["gone_reasons"], gone = tombstone_arrays.encode(*capture.tombstones, now, capture.wall_offset)
     arrays.update(gone)
     return header, arrays

@@ -39,7 +39,8 @@ from service.errors import ServiceError
 from service.store import tombstone_arrays
 from service.store.base import Saved
 from service.store.heap import release_free_memory
-from service.store.snapshot_capture import Capture, Pieces, capture, capture_now, to_arrays
+from service.store.pieces import Pieces
+from service.store.snapshot_capture import Capture, capture, capture_now, to_arrays
 
 if TYPE_CHECKING:
     from service.registry import LoadedModel

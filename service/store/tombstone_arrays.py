@@ -24,36 +24,46 @@ from typing import Any
 import numpy as np
 
 from service.store.base import SessionKey
+from service.store.pieces import Pieces
+
+JOIN_KEYS = 1024
 
 Tomb = tuple[str, int, float]  # (reason, owner index, monotonic time it is forgotten)
 
 
 def encode(
-    tombs: list[tuple[SessionKey, Tomb]], now: float, wall_offset: float
-) -> tuple[list[str], dict[str, np.ndarray]]:
-    """(reasons, arrays) of the tombstones not yet past their time (`now` monotonic)."""
-    n = len(tombs)
-    until = np.fromiter((t[2] for _, t in tombs), np.float64, count=n)
+    keys: list[SessionKey], tombs: list[Tomb], now: float, wall_offset: float
+) -> tuple[list[str], dict[str, np.ndarray | Pieces]]:
+    """(reasons, arrays) of the tombstones (`keys[i]`'s is `tombs[i]`) not yet past their time (`now`
+    monotonic)."""
+    until = np.fromiter((t[2] for t in tombs), np.float64, count=len(tombs))
     keep = until > now
-    live = list(itertools.compress(tombs, keep.tolist())) if not keep.all() else tombs
-    m = len(live)
-    reasons = sorted({t[0] for _, t in live})
+    if not keep.all():
+        mask = keep.tolist()
+        keys, tombs = list(itertools.compress(keys, mask)), list(itertools.compress(tombs, mask))
+    m = len(keys)
+    reasons = sorted({t[0] for t in tombs})
     code = {r: i for i, r in enumerate(reasons)}
-    keys = [k for k, _ in live]
     return reasons, {
-        "gone.keys": np.frombuffer(b"".join(_raw(keys)), np.uint8),
+        "gone.keys": _joined(keys),
         "gone.key_len": np.fromiter(
             (len(k) if isinstance(k, bytes) else len(k.encode()) for k in keys), np.int32, count=m
         ),
         "gone.raw": np.fromiter((isinstance(k, bytes) for k in keys), np.bool_, count=m),
-        "gone.reason": np.fromiter((code[t[0]] for _, t in live), np.uint8, count=m),
-        "gone.owner": np.fromiter((t[1] for _, t in live), np.int32, count=m),
+        "gone.reason": np.fromiter((code[t[0]] for t in tombs), np.uint8, count=m),
+        "gone.owner": np.fromiter((t[1] for t in tombs), np.int32, count=m),
         "gone.until": until[keep] + wall_offset,
     }
 
 
-def _raw(keys: list[SessionKey]) -> Iterator[bytes]:
-    return (k if isinstance(k, bytes) else k.encode() for k in keys)
+def _joined(keys: list[SessionKey]) -> Pieces:
+    """The keys' bytes, joined JOIN_KEYS at a time (bytes.join holds an 80-byte buffer record per item
+    while it runs: 8 MB for 100,000 keys at once)."""
+    parts = []
+    for start in range(0, len(keys), JOIN_KEYS):
+        raw = b"".join(k if isinstance(k, bytes) else k.encode() for k in keys[start : start + JOIN_KEYS])
+        parts.append(np.frombuffer(raw, np.uint8))
+    return Pieces(np.dtype(np.uint8), (sum(len(p) for p in parts),), parts)
 
 
 def decode(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Iterator[tuple[str, str, int, float]]:

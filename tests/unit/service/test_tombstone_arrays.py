@@ -16,6 +16,7 @@ from service.errors import SessionDeleted, SessionEvicted, SessionNotFound
 from service.store import tombstone_arrays
 from service.store.base import SessionKey
 from service.store.heap import _malloc_trim, release_free_memory
+from service.store.pieces import Pieces
 from service.store.snapshot_file import read_snapshot, write_snapshot
 
 REASONS = ("deleted", "expired", "evicted", "unloaded")
@@ -33,6 +34,20 @@ def tombs(n: int, seed: int = 0) -> list[tuple[SessionKey, tuple[str, int, float
     return out
 
 
+def split(
+    items: list[tuple[SessionKey, tuple[str, int, float]]],
+) -> tuple[list[SessionKey], list[tuple[str, int, float]]]:
+    return [k for k, _ in items], [t for _, t in items]
+
+
+def encoded(
+    items: list[tuple[SessionKey, tuple[str, int, float]]], now: float, wall_offset: float
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """`encode`, its pieces joined as reading the file back joins them."""
+    reasons, arrays = tombstone_arrays.encode(*split(items), now, wall_offset)
+    return reasons, {k: v.joined() if isinstance(v, Pieces) else v for k, v in arrays.items()}
+
+
 def reference(
     items: list[tuple[SessionKey, tuple[str, int, float]]], now: float, offset: float
 ) -> list[tuple[str, str, int, float]]:
@@ -43,10 +58,10 @@ def reference(
     ]
 
 
-@pytest.mark.parametrize("n", [0, 1, 500])
+@pytest.mark.parametrize("n", [0, 1, 500, 2 * tombstone_arrays.JOIN_KEYS + 7])
 def test_round_trip_keeps_the_live_tombstones_as_they_were(n: int) -> None:
     items = tombs(n)
-    reasons, arrays = tombstone_arrays.encode(items, now=50.0, wall_offset=1e9)
+    reasons, arrays = encoded(items, now=50.0, wall_offset=1e9)
     decoded = list(tombstone_arrays.decode({"gone_reasons": reasons}, arrays))
     assert decoded == reference(items, 50.0, 1e9)
     if n > 1:
@@ -72,7 +87,7 @@ def test_format_2_arrays_are_still_read() -> None:
 
 
 def test_lengths_that_do_not_add_up_are_refused() -> None:
-    reasons, arrays = tombstone_arrays.encode(tombs(20), now=0.0, wall_offset=0.0)
+    reasons, arrays = encoded(tombs(20), now=0.0, wall_offset=0.0)
     arrays["gone.key_len"] = arrays["gone.key_len"][:-1].copy()
     with pytest.raises(ValueError, match="do not add up"):
         list(tombstone_arrays.decode({"gone_reasons": reasons}, arrays))
