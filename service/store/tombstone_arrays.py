@@ -9,10 +9,15 @@
     gone.until     float64  wall-clock time the tombstone is forgotten
 
 A snapshot runs every few seconds and there may be `max_sessions` tombstones per served version. The
-format 2 layout (a fixed-width unicode array of hex ids, built from a new str per id, and a float per
-time) cost ~30 MB of temporaries for 100,000 tombstones, some of it as small objects the allocator keeps
-after the snapshot; this one costs ~4 MB, all of it in a few numpy buffers. Files of format 1 and 2
-(`gone.ids`, unicode reasons) are still read.
+format 2 layout (a fixed-width unicode array of hex ids, built from a new str per id, a float per time,
+and a new (key, value) tuple per tombstone when copied) cost ~33 MB of temporaries for 100,000
+tombstones, ~10 MB of them small objects, and a soak's RSS grew by steps (+8% to +32% after its
+warm-up); without the small objects it stays flat. The likely mechanism: they fill free slots of
+Python's small-object arenas between the tombstones made meanwhile, and once freed leave arenas that
+a few long-lived objects keep from being returned (malloc_trim after each snapshot changed nothing,
+so it is not the C heap). This layout is built from the objects the tombstones already hold, into a few numpy
+buffers (~6 MB all told for 100,000). Files of format 1 and 2 (`gone.ids`, unicode reasons) are still
+read.
 """
 
 from __future__ import annotations

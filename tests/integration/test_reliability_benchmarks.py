@@ -38,12 +38,14 @@ def test_soak_smoke_leaves_nothing_behind(tiny_models_dir: Path, tmp_path: Path)
         *("--models-dir", str(tiny_models_dir), "--model", "sensor-gru"),
         *("--cycles", "3000", "--warmup", "1000", "--sample-every", "500", "--workers", "16"),
         *("--max-sessions", "400", "--max-rss-growth", "10"),  # tombstones reach their bound of 400
+        *("--snapshot-interval", "0.2"),  # periodic snapshots of the sessions and tombstones run too
     )
     assert data["cycles"] >= 3000 and data["passed"], data["checks"]
     end = data["samples"][-1]
     assert end["index"] == end["live_rows"] == end["answers"] == end["turns"] == 0
     assert max(s["tombstones"] for s in data["samples"]) == 400  # reached the bound, never beyond
     assert max(s["live_rows"] for s in data["samples"]) > 0  # sampled while sessions were live
+    assert end["snapshots"] > 0
 
 
 def test_snapshot_cost_smoke_measures_both_phases(tiny_models_dir: Path, tmp_path: Path) -> None:
