@@ -13,9 +13,9 @@ format 2 layout (a fixed-width unicode array of hex ids, built from a new str pe
 and a new (key, value) tuple per tombstone when copied) cost ~33 MB of temporaries for 100,000
 tombstones, ~10 MB of them small objects, and a soak's RSS grew by steps (+8% to +32% after its
 warm-up); without the small objects it stays flat. The likely mechanism: they fill free slots of
-Python's small-object arenas between the tombstones made meanwhile, and once freed leave arenas that
-a few long-lived objects keep from being returned (malloc_trim after each snapshot changed nothing,
-so it is not the C heap). This layout is built from the objects the tombstones already hold, into a few numpy
+Python's small-object arenas between the tombstones made meanwhile, and once freed leave arenas that a
+few long-lived objects keep from being returned (malloc_trim after each snapshot changed nothing, so it
+is not the C heap). This layout is built from the objects the tombstones already hold, into a few numpy
 buffers (~6 MB all told for 100,000). Files of format 1 and 2 (`gone.ids`, unicode reasons) are still
 read.
 """
