@@ -38,6 +38,7 @@ from numpy.lib import format as fmt
 from service.errors import ServiceError
 from service.store import tombstone_arrays
 from service.store.base import Saved
+from service.store.heap import release_free_memory
 from service.store.pieces import Pieces
 from service.store.snapshot_capture import Capture, capture, capture_now, to_arrays
 
@@ -162,17 +163,18 @@ async def save_sessions_async(store: MemoryStore, path: Path) -> Saved:
     """`save_sessions` without stalling the event loop: copied in short steps between batches, written
     in a thread."""
     snapshot = await capture(store)
+    loop = {
+        "stall_s": snapshot.stall_s,
+        "loop_s": snapshot.loop_s,
+        "loop_cpu_s": snapshot.loop_cpu_s,
+        "stall_cpu_s": snapshot.stall_cpu_s,
+    }
     t0 = time.perf_counter()
     count, cpu = await asyncio.to_thread(_write_timed, snapshot, path)
-    return Saved(
-        count,
-        stall_s=snapshot.stall_s,
-        loop_s=snapshot.loop_s,
-        loop_cpu_s=snapshot.loop_cpu_s,
-        stall_cpu_s=snapshot.stall_cpu_s,
-        write_s=time.perf_counter() - t0,
-        write_cpu_s=cpu,
-    )
+    saved = Saved(count, **loop, write_s=time.perf_counter() - t0, write_cpu_s=cpu)
+    del snapshot  # the copy is garbage now, and the tombstone dict's old tables too (see heap.py)
+    await asyncio.to_thread(release_free_memory)
+    return saved
 
 
 def _write_timed(snapshot: Capture, path: Path) -> tuple[int, float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import random
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from test_snapshot_file import KEY, make_store, restore
 from service.errors import SessionDeleted, SessionEvicted, SessionNotFound
 from service.store import tombstone_arrays
 from service.store.base import SessionKey
+from service.store.heap import _malloc_trim, release_free_memory
 from service.store.pieces import Pieces
 from service.store.snapshot_file import read_snapshot, write_snapshot
 
@@ -131,3 +133,11 @@ def test_a_format_2_file_restores_its_tombstones(tmp_path: Path) -> None:
     for session_id in ids:
         with pytest.raises(SessionEvicted):
             asyncio.run(restored.lookup(session_id, "alice"))
+
+
+def test_free_heap_memory_is_handed_back_where_the_c_library_can() -> None:
+    if platform.libc_ver()[0] == "glibc":
+        assert _malloc_trim() is not None
+        block = np.ones(64 << 20, np.uint8)  # its own mapping, freed at once; the call must not fail
+        del block
+    assert isinstance(release_free_memory(), bool)
