@@ -77,24 +77,39 @@ def read_corpus(data: Path) -> list[NabFile]:
     return files
 
 
+async def stream_readings(
+    manager: SessionManager,
+    model: str,
+    version: str | None,
+    readings: np.ndarray,
+    timestamps: Sequence[str] | None,
+    advance: Callable[[int], object],
+) -> list[schemas.SensorOutput]:
+    """Readings [N, F] through one new session from its first, in sequenced requests of CHUNK readings
+    (with their timestamps, when given: the hour of the day feeds the daily profile); each reading's
+    answer. The session is deleted after."""
+    created = await manager.create(schemas.CreateSession(model=model, version=version), None)
+    outputs: list[schemas.SensorOutput] = []
+    try:
+        for start in range(0, len(readings), CHUNK):
+            body: dict[str, object] = {"readings": readings[start : start + CHUNK].tolist(), "seq": start}
+            if timestamps is not None:
+                body["timestamps"] = list(timestamps[start : start + CHUNK])
+            response = await manager.step(created.session_id, None, body)
+            for out in response.outputs:
+                assert isinstance(out, schemas.SensorOutput)
+                outputs.append(out)
+            advance(len(response.outputs))
+    finally:
+        await manager.delete(created.session_id, None)
+    return outputs
+
+
 async def _score_file(
     manager: SessionManager, model: str, f: NabFile, advance: Callable[[int], object]
 ) -> np.ndarray:
-    sid = (await manager.create(schemas.CreateSession(model=model), None)).session_id
-    scores = np.zeros(len(f.values))
-    try:
-        for start in range(0, len(f.values), CHUNK):
-            readings = [[v] for v in f.values[start : start + CHUNK].tolist()]
-            stamps = f.timestamps[start : start + CHUNK]  # the hour of the day feeds the daily profile
-            body = {"readings": readings, "timestamps": stamps, "seq": start}
-            response = await manager.step(sid, None, body)
-            for i, out in enumerate(response.outputs):
-                assert isinstance(out, schemas.SensorOutput)
-                scores[start + i] = 0.0 if out.probability is None else out.probability
-            advance(len(readings))
-    finally:
-        await manager.delete(sid, None)
-    return scores
+    outputs = await stream_readings(manager, model, None, f.values[:, None], f.timestamps, advance)
+    return np.array([0.0 if out.probability is None else out.probability for out in outputs])
 
 
 async def run_detector(

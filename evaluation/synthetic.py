@@ -34,8 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evaluation.nab_runner import CHUNK, PARALLEL
-from service import schemas
+from evaluation.nab_runner import PARALLEL, stream_readings
 from service.anomaly import WARMUP
 from service.manifest import Manifest
 from service.metrics import Metrics
@@ -125,25 +124,14 @@ async def serve_stream(
 ) -> Served:
     """Every reading of `series` through one new session, from its first reading (with its timestamp
     unless `timestamps` is False)."""
-    values = filled(series.values)
-    stamps = [str(t) for t in series.timestamps]
-    sid = (await manager.create(schemas.CreateSession(model=model, version=version), None)).session_id
-    n = len(values)
+    stamps = [str(t) for t in series.timestamps] if timestamps else None
+    outputs = await stream_readings(manager, model, version, filled(series.values), stamps, advance)
+    n = len(outputs)
     score, probability = np.full(n, np.nan), np.full(n, np.nan)
     is_anomaly = np.zeros(n, dtype=bool)
-    try:
-        for start in range(0, n, CHUNK):
-            body: dict[str, object] = {"readings": values[start : start + CHUNK].tolist(), "seq": start}
-            if timestamps:
-                body["timestamps"] = stamps[start : start + CHUNK]
-            response = await manager.step(sid, None, body)
-            for i, out in enumerate(response.outputs, start=start):
-                assert isinstance(out, schemas.SensorOutput)
-                if out.score is not None and out.probability is not None:
-                    score[i], probability[i], is_anomaly[i] = out.score, out.probability, bool(out.is_anomaly)
-            advance(len(response.outputs))
-    finally:
-        await manager.delete(sid, None)
+    for i, out in enumerate(outputs):
+        if out.score is not None and out.probability is not None:
+            score[i], probability[i], is_anomaly[i] = out.score, out.probability, bool(out.is_anomaly)
     return Served(score, probability, is_anomaly)
 
 
