@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from evaluation.nab_runner import (
     NabError,
@@ -105,6 +106,13 @@ def _progress(
     return bar.update, bar.close
 
 
+def _settings(models_dir: Path | None) -> Settings:
+    """The in-process server's settings: no snapshot file, long requests, the given models directory
+    (default: the service's)."""
+    where: dict[str, Any] = {} if models_dir is None else {"models_dir": models_dir}
+    return Settings(snapshot_path=None, max_events_per_request=1024, **where)
+
+
 def _train_models(args: argparse.Namespace, files: Sequence[NabFile]) -> tuple[Path, list[str]]:
     """--train-per-file: (the models directory, each file's model), trained on probationary rows."""
     work = args.results / f".train-{args.detector}"
@@ -130,8 +138,7 @@ def run_nab(args: argparse.Namespace) -> int:
     models_dir, models = args.models_dir, [args.model] * len(files)
     if args.train_per_file:
         models_dir, models = _train_models(args, files)
-    where = {} if models_dir is None else {"models_dir": models_dir}
-    settings = Settings(snapshot_path=None, max_events_per_request=1024, **where)
+    settings = _settings(models_dir)
     total = sum(len(f.values) for f in files)
     which = "a model per file" if args.train_per_file else f"model {args.model}"
     print(f"{len(files)} file(s), {total:,} readings; detector {args.detector} = {which}", flush=True)
@@ -159,8 +166,7 @@ def run_nab(args: argparse.Namespace) -> int:
 
 
 def run_synthetic(args: argparse.Namespace) -> int:
-    where = {} if args.models_dir is None else {"models_dir": args.models_dir}
-    settings = Settings(snapshot_path=None, max_events_per_request=1024, **where)
+    settings = _settings(args.models_dir)
     models = args.model or ["sensor", "sensor-fleet"]
     started = time.perf_counter()
 
