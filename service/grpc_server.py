@@ -99,7 +99,7 @@ def request_to_v2(request: Any) -> tuple[dict[str, Any], bytes]:
     body: dict[str, Any] = {"parameters": {k: _parameter(v) for k, v in request.parameters.items()}}
     if request.id:
         body["id"] = request.id
-    tail = b""
+    tails: list[bytes] = []
     inputs = []
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
@@ -111,20 +111,21 @@ def request_to_v2(request: Any) -> tuple[dict[str, Any], bytes]:
             "shape": list(tensor.shape),
             "parameters": {k: _parameter(v) for k, v in tensor.parameters.items()},
         }
+        part: bytes | None = None
         if raw:
-            tail = raw[i]
-            spec["parameters"]["binary_data_size"] = len(tail)
+            part = raw[i]
         elif tensor.datatype == "BYTES":
-            items = tensor.contents.bytes_contents
-            tail = b"".join(struct.pack("<I", len(item)) + item for item in items)
-            spec["parameters"]["binary_data_size"] = len(tail)
+            part = b"".join(struct.pack("<I", len(item)) + item for item in tensor.contents.bytes_contents)
         elif tensor.datatype in _CONTENTS:
             spec["data"] = list(getattr(tensor.contents, _CONTENTS[tensor.datatype]))
+        if part is not None:  # binary data follow one another in input order, as over HTTP
+            spec["parameters"]["binary_data_size"] = len(part)
+            tails.append(part)
         inputs.append(spec)
     body["inputs"] = inputs
     if request.outputs:
         body["outputs"] = [{"name": o.name} for o in request.outputs]
-    return body, tail
+    return body, b"".join(tails)
 
 
 def result_to_response(result: kserve.InferResult) -> Any:

@@ -16,8 +16,12 @@ sequence, and the sequence's state lives on the server between requests.
   a sequence that ended answers 410.
 - input `x`: lm INT64 (or INT32) token ids [1, T]; sensor FP32 (or FP64) raw readings [1, T, F]; or, for
   lm, `TEXT` BYTES [1]: one string, split into words as API v1's `text`. JSON `data` (flat, row-major,
-  or nested) or binary tensor data (Triton's `binary_tensor_data` extension). One sequence per request
-  (batch size 1, Triton's rule for sequence models: the server batches many sequences' steps itself).
+  or nested) or binary tensor data (Triton's `binary_tensor_data` extension; with several inputs, their
+  binary data follow one another in input order). One sequence per request (batch size 1, Triton's
+  rule for sequence models: the server batches many sequences' steps itself).
+- optional sensor input `TIMESTAMP` [1, T], one per reading, API v1's `timestamps` (the readings' hour
+  of the day feeds the session's daily profile): FP64 (or INT64) Unix seconds, hour taken in UTC, or
+  BYTES ISO 8601 text, hour as written.
 - outputs (service/v2_tensors.py renders them as JSON data or binary data, as the request asks):
   lm:     TOKEN_LOGPROB FP32 [1, T], TOPK_IDS INT64 [1, T, k], TOPK_PROBS FP32 [1, T, k],
           TOKEN_IDS INT64 [1, T] (the ids read, <unk> for unknown words), TOPK_TOKENS BYTES [1, T, k]
@@ -46,6 +50,8 @@ from service.v2_tensors import Tensor, decode_values
 
 _INPUT_DTYPES = {"lm": ("INT64", "INT32"), "sensor": ("FP32", "FP64")}
 TEXT_INPUT = "TEXT"  # lm: one BYTES element of text, read as API v1's `text`
+TIMESTAMP_INPUT = "TIMESTAMP"  # sensor, optional: each reading's time, read as API v1's `timestamps`
+_TIMESTAMP_DTYPES = ("FP64", "INT64", "BYTES")
 OUTPUTS: dict[str, dict[str, tuple[str, int]]] = {  # name -> (datatype, rank)
     "lm": {
         "TOKEN_LOGPROB": ("FP32", 2),
@@ -76,38 +82,84 @@ class InferResult:
     outputs: list[tuple[Tensor, bool]]
 
 
-def decode_input(request: dict[str, Any], tail: bytes, task: str, max_events: int) -> np.ndarray | str:
-    """The request's one input: `x` (checked for datatype, shape and size), or an lm's TEXT string.
+Timestamps = list[float] | list[str]
+
+
+def decode_inputs(
+    request: dict[str, Any], tail: bytes, task: str, max_events: int
+) -> tuple[np.ndarray | str, Timestamps | None]:
+    """The request's inputs: `x` (checked for datatype, shape and size) or an lm's TEXT string, and a
+    sensor's optional TIMESTAMP values (one per reading), or None.
 
     The number of events (x's second dimension) is checked against `max_events` before any value is
     read: a shape such as [1, 2^31, 0] holds no values, so its size matches empty data, and decoding it
     would build billions of empty readings."""
     inputs = request.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        names = "`x` or `TEXT`" if task == "lm" else "`x`"
-        raise BadRequest(f"give exactly one input tensor, {names}")
-    spec = inputs[0]
-    name, datatype, raw_shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
-    shape: list[int] = []
-    if isinstance(raw_shape, list) and all(isinstance(d, int) and d >= 0 for d in raw_shape):
-        shape = [int(d) for d in raw_shape]
-    binary_size = (spec.get("parameters") or {}).get("binary_data_size")
-    raw: bytes | None = None
-    if binary_size is not None:
-        if not isinstance(binary_size, int) or binary_size != len(tail):
-            raise BadRequest(f"binary_data_size {binary_size} does not match the {len(tail)} binary bytes")
-        raw = tail
-    if task == "lm" and name == TEXT_INPUT:
-        if datatype != "BYTES" or shape not in ([1], [1, 1]):
-            raise InvalidInput("input TEXT is BYTES of shape [1] (or [1, 1]): one string", shape=shape)
-        item = decode_values("BYTES", shape, spec.get("data"), raw, "input TEXT").reshape(-1)[0]
-        try:
-            return bytes(item).decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidInput("input TEXT is not UTF-8 text") from None
-    if name != "x":
-        known = "`x` or `TEXT`" if task == "lm" else "`x`"
-        raise BadRequest(f"unknown input {name!r}; the model's input is {known}")
+    names = "`x` or `TEXT`" if task == "lm" else "`x` (and optionally `TIMESTAMP`)"
+    if (
+        not isinstance(inputs, list)
+        or not 1 <= len(inputs) <= 2
+        or not all(isinstance(i, dict) for i in inputs)
+    ):
+        raise BadRequest(f"give the input tensor {names}")
+    known = {"x", TEXT_INPUT} if task == "lm" else {"x", TIMESTAMP_INPUT}
+    given = [spec.get("name") for spec in inputs]
+    for name in given:
+        if name not in known:
+            raise BadRequest(f"unknown input {name!r}; the model's input is {names}")
+    if len(set(given)) != len(given) or (task == "lm" and len(given) != 1) or given == [TIMESTAMP_INPUT]:
+        raise BadRequest(f"give the input tensor {names}, each once")
+    parts = dict(zip(given, _binary_parts(inputs, tail), strict=True))
+    specs = dict(zip(given, inputs, strict=True))
+    if TEXT_INPUT in specs:
+        return _decode_text(specs[TEXT_INPUT], parts[TEXT_INPUT]), None
+    x = _decode_x(specs["x"], parts["x"], task, max_events)
+    if TIMESTAMP_INPUT not in specs:
+        return x, None
+    return x, _decode_timestamps(specs[TIMESTAMP_INPUT], parts[TIMESTAMP_INPUT], x.shape[1])
+
+
+def _shape(spec: dict[str, Any]) -> list[int]:
+    raw_shape = spec.get("shape")
+    if isinstance(raw_shape, list) and all(type(d) is int and d >= 0 for d in raw_shape):
+        return [int(d) for d in raw_shape]
+    return []
+
+
+def _binary_parts(inputs: list[dict[str, Any]], tail: bytes) -> list[bytes | None]:
+    """Each input's binary tensor data (None: it sends JSON `data`): the tail holds them one after the
+    other, in input order, each `parameters.binary_data_size` bytes long."""
+    parts: list[bytes | None] = []
+    offset = 0
+    for spec in inputs:
+        size = (spec.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            parts.append(None)
+            continue
+        if type(size) is not int or not 0 <= size <= len(tail) - offset:
+            raise BadRequest(
+                f"binary_data_size {size} does not fit the {len(tail) - offset} binary bytes left"
+            )
+        parts.append(tail[offset : offset + size])
+        offset += size
+    if offset != len(tail):
+        raise BadRequest(f"binary_data_size says {offset} bytes, the request carries {len(tail)}")
+    return parts
+
+
+def _decode_text(spec: dict[str, Any], raw: bytes | None) -> str:
+    shape = _shape(spec)
+    if spec.get("datatype") != "BYTES" or shape not in ([1], [1, 1]):
+        raise InvalidInput("input TEXT is BYTES of shape [1] (or [1, 1]): one string", shape=shape)
+    item = decode_values("BYTES", shape, spec.get("data"), raw, "input TEXT").reshape(-1)[0]
+    try:
+        return bytes(item).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("input TEXT is not UTF-8 text") from None
+
+
+def _decode_x(spec: dict[str, Any], raw: bytes | None, task: str, max_events: int) -> np.ndarray:
+    datatype, shape = spec.get("datatype"), _shape(spec)
     if datatype not in _INPUT_DTYPES[task]:
         accepted = " or ".join(_INPUT_DTYPES[task])
         raise InvalidInput(f"input x of a {task} model takes {accepted}, not {datatype}")
@@ -122,6 +174,30 @@ def decode_input(request: dict[str, Any], tail: bytes, task: str, max_events: in
         )
     check_event_count(shape[1], max_events)
     return decode_values(datatype, shape, spec.get("data"), raw, "input x")
+
+
+def _decode_timestamps(spec: dict[str, Any], raw: bytes | None, events: int) -> Timestamps:
+    datatype, shape = spec.get("datatype"), _shape(spec)
+    if datatype not in _TIMESTAMP_DTYPES:
+        raise InvalidInput(f"input TIMESTAMP takes {', '.join(_TIMESTAMP_DTYPES)}, not {datatype}")
+    if shape != [1, events]:
+        raise InvalidInput(
+            f"input TIMESTAMP has shape [1, T], one per reading of x: [1, {events}]", shape=shape
+        )
+    values = decode_values(datatype, shape, spec.get("data"), raw, "input TIMESTAMP").reshape(-1)
+    if datatype == "BYTES":
+        try:
+            texts = [bytes(item).decode("utf-8") for item in values]
+        except UnicodeDecodeError:
+            raise InvalidInput("input TIMESTAMP is not UTF-8 text") from None
+        if not all(schemas.is_text(t) for t in texts):
+            raise InvalidInput("input TIMESTAMP holds control characters or lone surrogates")
+        return texts
+    seconds = values.astype(np.float64)
+    if not np.isfinite(seconds).all():
+        raise InvalidInput("input TIMESTAMP: Unix seconds must be finite numbers")
+    stamps: list[float] = seconds.tolist()
+    return stamps
 
 
 def _fp32(values: list[float | None]) -> np.ndarray:
@@ -223,7 +299,7 @@ async def infer(
     model = manager.registry.get(name, version)
     request_id = request_id_of(request)
     params = v2_sequence.sequence_params(request.get("parameters"))
-    x = decode_input(request, tail, model.task, manager.settings.max_events_per_request)
+    x, stamps = decode_inputs(request, tail, model.task, manager.settings.max_events_per_request)
     wanted = requested_outputs(request, model.task)
     top_k = (request.get("parameters") or {}).get("top_k", DEFAULT_TOP_K)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
@@ -234,6 +310,8 @@ async def infer(
     else:
         assert isinstance(x, np.ndarray)
         payload = {"readings": x[0].astype(np.float64).tolist()}
+        if stamps is not None:
+            payload["timestamps"] = stamps
     step = await v2_sequence.step_sequence(manager, owner, model, params, payload)
     tensors = encode_outputs(step, model.task, model.vocab_index)
     sequence = {"sequence_id": params.sequence_id, "seq": step.seq} if params.sequence_id is not None else {}
@@ -275,7 +353,9 @@ def model_metadata(manager: SessionManager, name: str, version: str | None) -> d
         "platform": "onnxruntime_onnx",
         "inputs": [
             {"name": "x", "datatype": _INPUT_DTYPES[info.task][0], "shape": x_shape},
-            *([{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [1]}] if info.task == "lm" else []),
+            {"name": TEXT_INPUT, "datatype": "BYTES", "shape": [1]}
+            if info.task == "lm"
+            else {"name": TIMESTAMP_INPUT, "datatype": "FP64", "shape": [1, -1]},
         ],
         "outputs": [
             {"name": out, "datatype": datatype, "shape": [1, -1] if rank == 2 else [1, -1, features or -1]}

@@ -12,7 +12,8 @@ The configuration says what a Triton user needs to drive a model unchanged:
   one call) and implicit state: the recurrent state tensors the server keeps between requests,
   zero-initialised at `sequence_start`; `max_sequence_idle_microseconds` is the session TTL.
 - `input` / `output`: the V2 tensors of service/kserve.py with Triton data types (`TYPE_STRING` is
-  Triton's name for BYTES); lm's `x` and `TEXT` are both optional: a request gives exactly one.
+  Triton's name for BYTES); lm's `x` and `TEXT` are both optional: a request gives exactly one; a
+  sensor's `TIMESTAMP` is optional (FP64 declared; INT64 and BYTES are accepted too).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from prometheus_client import Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
-from service.kserve import OUTPUTS, TEXT_INPUT
+from service.kserve import OUTPUTS, TEXT_INPUT, TIMESTAMP_INPUT
 from service.metrics import Metrics
 from service.registry import LoadedModel, version_key
 from service.settings import Settings
@@ -48,7 +49,9 @@ def model_config(model: LoadedModel, settings: Settings, default_version: str) -
             "optional": not sensor,
         }
     ]
-    if not sensor:
+    if sensor:
+        inputs.append({"name": TIMESTAMP_INPUT, "data_type": "TYPE_FP64", "dims": [-1], "optional": True})
+    else:
         inputs.append({"name": TEXT_INPUT, "data_type": "TYPE_STRING", "dims": [1], "optional": True})
     outputs = [
         {

@@ -110,8 +110,11 @@ def test_health_metadata_and_config(
     meta = http.get_model_metadata(SENSOR, headers=bearer())
     grpc_meta = grpc.get_model_metadata(SENSOR, headers=bearer(), as_json=True)
     features = len(references[SENSOR].manifest.sensor.features)  # type: ignore[union-attr]
-    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [1, -1, features]}]
-    assert [(i["name"], i["datatype"]) for i in grpc_meta["inputs"]] == [("x", "FP32")]
+    assert meta["inputs"] == [
+        {"name": "x", "datatype": "FP32", "shape": [1, -1, features]},
+        {"name": "TIMESTAMP", "datatype": "FP64", "shape": [1, -1]},
+    ]
+    assert [(i["name"], i["datatype"]) for i in grpc_meta["inputs"]] == [("x", "FP32"), ("TIMESTAMP", "FP64")]
     assert [o["name"] for o in grpc_meta["outputs"]] == [o["name"] for o in meta["outputs"]]
 
     for name in (LM, SENSOR):

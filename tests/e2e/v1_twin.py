@@ -3,6 +3,7 @@ on a twin session through `POST /v1/sessions/{id}/events`, a path with no V2 cod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -25,15 +26,20 @@ def long_sensor_stream(reference: Reference, seed: int, chunks: int, size: int) 
     return readings.reshape(chunks, size, len(mean)).astype(np.float32)
 
 
-def rest_twin(client: httpx.Client, model: str, chunks: np.ndarray) -> list[dict[str, Any]]:
-    """API v1's per-reading answers for the same readings on a fresh session, one request per chunk: the
-    reference for V2's outputs that carry API v1 fields (no V2 code on this path)."""
+def rest_twin(
+    client: httpx.Client, model: str, chunks: np.ndarray, timestamps: Sequence[Sequence[Any]] | None = None
+) -> list[dict[str, Any]]:
+    """API v1's per-reading answers for the same readings (and `timestamps`, one list per chunk) on a
+    fresh session, one request per chunk: the reference for V2's outputs that carry API v1 fields (no V2
+    code on this path)."""
     created = client.post("/v1/sessions", json={"model": model})
     assert created.status_code == 201, created.text
     session = created.json()["session_id"]
     answers: list[dict[str, Any]] = []
-    for chunk in chunks:
+    for n, chunk in enumerate(chunks):
         body = {"seq": len(answers), "readings": chunk.astype(np.float64).tolist()}
+        if timestamps is not None:
+            body["timestamps"] = list(timestamps[n])
         stepped = client.post(f"/v1/sessions/{session}/events", json=body)
         assert stepped.status_code == 200, stepped.text
         answers += stepped.json()["outputs"]

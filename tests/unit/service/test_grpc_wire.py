@@ -72,7 +72,7 @@ def test_infer_request_from_tritonclient() -> None:
         "top_k": 3,
     }
     assert body["inputs"][0]["parameters"] == {"binary_data_size": 24}
-    decoded = kserve.decode_input(body, tail, "lm", 64)
+    decoded = kserve.decode_inputs(body, tail, "lm", 64)[0]
     assert isinstance(decoded, np.ndarray) and decoded.tolist() == [[4, 5, 6]]
 
 
@@ -119,11 +119,11 @@ def test_infer_request_with_typed_contents() -> None:
     request.parameters["sequence_id"].uint64_param = 1 << 63
     body, tail = request_to_v2(request)
     assert body["parameters"] == {"sequence_id": 1 << 63} and tail == b""
-    decoded = kserve.decode_input(body, tail, "sensor", 64)
+    decoded = kserve.decode_inputs(body, tail, "sensor", 64)[0]
     assert isinstance(decoded, np.ndarray)
     assert decoded.tolist() == [[[1.5, -2.0], [3.25, 0.0]]]
 
     text = pb.ModelInferRequest(model_name="lm")
     t = text.inputs.add(name="TEXT", datatype="BYTES", shape=[1])
     t.contents.bytes_contents.append(b"the cat")
-    assert kserve.decode_input(*request_to_v2(text), "lm", 64) == "the cat"
+    assert kserve.decode_inputs(*request_to_v2(text), "lm", 64)[0] == "the cat"
