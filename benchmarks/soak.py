@@ -66,7 +66,7 @@ def census(manager: SessionManager) -> dict[str, int]:
         "tombstones": len(store._gone),
         "turns": len(manager._turns),
         "owners": len(store.owners),
-        "queued": sum(s.batcher.queued for s in manager._served.values()),
+        "queued": sum(s.batcher.queued for s in manager.versions),
         "snapshots": int(
             manager.metrics.registry.get_sample_value("rnnserve_snapshot_seconds_count", {"phase": "write"})
             or 0

@@ -117,7 +117,7 @@ class ModelControl:
         except ArtifactError as exc:
             raise ArtifactRefused(str(exc), model=name, version=version) from None
         self.registry.add(model)
-        self.manager._serve(model)
+        self.manager.versions.serve(model)
         return model
 
     async def set_default(self, name: str, version: str | None) -> schemas.ModelInfo:
@@ -146,7 +146,7 @@ class ModelControl:
         if policy == "end":
             self.registry.remove(model)
             ended = await self.manager.store.end_all(model.key, "unloaded")
-            await self.manager._unserve(model.key)
+            await self.manager.versions.unserve(model.key)
             log.info("unloaded model %s; %d session(s) ended", model.key, ended)
             return model.info(default=False, state="unloaded")
         self.registry.drain(model)
@@ -158,7 +158,7 @@ class ModelControl:
 
     async def _finish(self, model: LoadedModel) -> None:
         self.registry.remove(model)
-        await self.manager._unserve(model.key)
+        await self.manager.versions.unserve(model.key)
         log.info("unloaded model %s", model.key)
 
     async def finish_drains(self) -> int:

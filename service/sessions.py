@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from service import schemas, stepping
-from service.batcher import Batcher
 from service.bulk import BulkSteps
 from service.errors import (
     BadRequest,
@@ -40,16 +39,16 @@ from service.errors import (
     SequenceConflict,
     SessionGone,
     SessionNotFound,
-    SessionUnloaded,
     ShuttingDown,
 )
 from service.housekeeping import Housekeeping
 from service.metrics import Metrics
 from service.model_control import ModelControl
-from service.predictors import LmPredictor, make_predictor
+from service.predictors import LmPredictor
 from service.predictors.base import validate
 from service.registry import LoadedModel, Registry
-from service.runner import ModelRunner, StepJob, StepResult
+from service.runner import StepJob, StepResult
+from service.serving import ServedVersions
 from service.settings import Settings
 from service.stepping import Served
 from service.store import MemoryStore, SessionRecord, SessionStore
@@ -89,7 +88,7 @@ class SessionManager:
             self.store = RedisStore(settings, metrics)
         else:
             self.store = MemoryStore(settings, metrics, clock)
-        self._served: dict[str, Served] = {}
+        self.versions = ServedVersions(settings, metrics, self.registry, self.store, clock)
         self._turns = Turns()
         self._bulk = BulkSteps(self, self._turns)
         self._ready = False
@@ -104,7 +103,7 @@ class SessionManager:
         store reloads the snapshot file (store=redis reads none: Redis keeps the sessions itself)."""
         models = await asyncio.to_thread(self.registry.load_all)
         for model in models:
-            self._serve(model)
+            self.versions.serve(model)
         await self.store.open()
         self._housekeeping.restore(self.registry.all())
         self._housekeeping.start()
@@ -126,7 +125,7 @@ class SessionManager:
         while len(self._turns) and time.monotonic() < deadline:
             await asyncio.sleep(0.001)
         remaining = max(0.0, deadline - time.monotonic())
-        await asyncio.gather(*(s.batcher.stop(remaining) for s in self._served.values()))
+        await asyncio.gather(*(s.batcher.stop(remaining) for s in self.versions))
         self._housekeeping.save_final()
         await self.store.close()
 
@@ -145,43 +144,6 @@ class SessionManager:
             raise ShuttingDown("the server is shutting down")
         if not self._ready:
             raise NotReady("the server is starting: models are loading")
-
-    def _serve(self, model: LoadedModel) -> Served:
-        served = self._served.get(model.key)
-        if served is not None:
-            return served
-        part = self.store.attach(model)
-        s = self.settings
-        predictor = make_predictor(model, s, self.metrics)
-        batcher: Batcher[StepJob, StepResult] = Batcher(
-            ModelRunner(
-                model, self.store, part, predictor.postprocess, getattr(predictor, "session_stats", None)
-            ),
-            max_batch_size=s.max_batch_size,
-            max_queue_delay_us=s.max_queue_delay_us,
-            metrics=self.metrics,
-            labels=(model.name, model.version),
-            clock=self.clock,
-            name=model.key,
-        )
-        batcher.start()
-        m = self.metrics
-        served = self._served[model.key] = Served(
-            model=model,
-            part=part,
-            predictor=predictor,
-            batcher=batcher,
-            events=m.events.labels(model.name, model.version),
-            replays=m.replays.labels(model.name),
-            conflicts=m.seq_conflicts.labels(model.name),
-        )
-        return served
-
-    async def _unserve(self, key: str) -> None:
-        """Stop serving a version: its batcher runs what it has accepted, then stops."""
-        served = self._served.pop(key, None)
-        if served is not None:
-            await served.batcher.stop(self.settings.shutdown_drain_s)
 
     async def load_model(self, name: str, version: str) -> schemas.ModelInfo:
         """Load a new version while serving (ArtifactRefused if it does not verify); returns its info."""
@@ -242,13 +204,7 @@ class SessionManager:
 
     def serve_new(self, model: LoadedModel) -> Served:
         """The served version for a new session of `model`; refused while it is being unloaded."""
-        if self.registry.draining(model.key):
-            raise ModelNotFound(
-                f"model {model.key} is being unloaded: it serves its sessions but takes no new ones",
-                model=model.name,
-                version=model.version,
-            )
-        return self._serve(model)
+        return self.versions.serve_new(model)
 
     @staticmethod
     def sequence_session_id(sequence_id: str | int, owner: str | None) -> str:
@@ -284,7 +240,7 @@ class SessionManager:
             # no touch: a reset refused here (its version not served) leaves the idle TTL as it was;
             # store.reset marks the session used
             record = await self.store.lookup(session_id, owner, touch=False)
-            self._served_for(record)
+            self.versions.for_record(record)
             return self._info(await self.store.reset(record))
         finally:
             self._turns.release(session_id)
@@ -292,46 +248,24 @@ class SessionManager:
     async def export_state(self, session_id: str, owner: str | None) -> schemas.Snapshot:
         self.check_open()
         record = await self.store.lookup(session_id, owner, touch=False)
-        model = self._served_for(record).model
+        model = self.versions.for_record(record).model
         seq, state = await self.store.read_state(record)
         return encode_snapshot(model, seq, state)
 
     def served_now(self, model_key: str) -> Served | None:
         """The version `model_key` if this process serves it already (no loading, no error)."""
-        return self._served.get(model_key)
+        return self.versions.get(model_key)
 
     def served_for(self, record: SessionRecord) -> Served:
-        return self._served.get(record.model_key) or self._served_for(record)
-
-    def _served_for(self, record: SessionRecord) -> Served:
-        """The served version of a session; with a shared store the session may have been created by
-        another replica, on a version this one serves but has not used yet, or does not serve."""
-        served = self._served.get(record.model_key)
-        if served is None:
-            name, _, version = record.model_key.partition("/")
-            if self.registry.unloaded(record.model_key):
-                raise SessionUnloaded(
-                    f"session {record.session_id} was on {record.model_key}, which was unloaded",
-                    session_id=record.session_id,
-                    reason="unloaded",
-                )
-            try:
-                served = self._serve(self.registry.get(name, version))
-            except ModelNotFound as exc:
-                raise ModelNotFound(
-                    f"session {record.session_id} is on {record.model_key}, which this server does not serve",
-                    session_id=record.session_id,
-                    model=name,
-                    version=version,
-                ) from exc
-        return served
+        """The served version of a session (see `ServedVersions.for_record`)."""
+        return self.versions.for_record(record)
 
     # ---- steps -------------------------------------------------------------------------------------
 
     def check_events(self, model: LoadedModel, payload: dict[str, Any]) -> None:
         """Refuse now what `step` would refuse for this payload on any session of `model`, so that a
         protocol can validate a request before it moves anything (KServe's sequence_start)."""
-        self._serve(model).predictor.decode(payload)
+        self.versions.serve(model).predictor.decode(payload)
 
     async def step(
         self, session_id: str, owner: str | None, payload: dict[str, Any], end: bool = False
@@ -393,7 +327,7 @@ class SessionManager:
         await self._turns.acquire(session_id)
         try:
             record = await self.store.lookup(session_id, owner, touch=False)
-            served = self._served_for(record)
+            served = self.versions.for_record(record)
             predictor = served.predictor
             if not isinstance(predictor, LmPredictor):
                 raise BadRequest(
