@@ -55,6 +55,7 @@ class LmPredictor:
         self.unk_id = self.index[spec.unk_token]
         self.eos_id = self.index[spec.eos_token]
         self.special_ids = (self.unk_id, self.eos_id)
+        self.vocab_array = np.array(self.vocab, dtype=object)  # id -> word, for a whole batch at once
         self.pattern = re.compile(spec.tokenizer.pattern)
         self.lowercase = spec.tokenizer.lowercase
         self.settings = settings
@@ -147,37 +148,43 @@ class LmPredictor:
 
     def encode(self, decoded: Decoded, result: StepResult, seq_before: int) -> list[dict[str, Any]]:
         _, _, came, top_ids, top_probs = result.outputs  # [T], [T, k'], [T, k'] with k' >= top_k
-        return self._outputs(
-            decoded.context,
-            decoded.x.tolist(),
-            came.tolist(),
-            top_ids.tolist(),
-            top_probs.tolist(),
-            seq_before == 0,
-        )
+        context: LmContext = decoded.context
+        words, probs = self._suggestions(top_ids[None], top_probs[None], [context])
+        return self._outputs(context, decoded.x.tolist(), came.tolist(), words[0], probs[0], seq_before == 0)
 
     def encode_many(
         self, group: DecodedMany, outputs: list[np.ndarray], seq_before: list[int]
     ) -> list[list[dict[str, Any]]]:
         _, _, came, top_ids, top_probs = outputs  # [B, T], [B, T, k'], [B, T, k']
-        ids, came_rows, top_rows, prob_rows = (
-            group.x.tolist(),
-            came.tolist(),
-            top_ids.tolist(),
-            top_probs.tolist(),
-        )
+        words, probs = self._suggestions(top_ids, top_probs, group.contexts)
+        ids, came_rows = group.x.tolist(), came.tolist()
         return [
-            self._outputs(context, ids[j], came_rows[j], top_rows[j], prob_rows[j], before == 0)
+            self._outputs(context, ids[j], came_rows[j], words[j], probs[j], before == 0)
             for j, (context, before) in enumerate(zip(group.contexts, seq_before, strict=True))
         ]
+
+    def _suggestions(
+        self, top_ids: np.ndarray, top_probs: np.ndarray, contexts: Sequence[LmContext]
+    ) -> tuple[list[Any], list[Any]]:
+        """The candidates [B, T, k'] as nested lists of words and probabilities, most likely first, with
+        `<unk>` and `<eos>` moved behind the others in the rows whose request leaves them out (k' counts
+        them in: the first top_k of such a row are the top_k others). One pass over the batch's arrays,
+        not a list per event."""
+        leave_out = np.fromiter((not c.include_special for c in contexts), bool, len(contexts))
+        special = np.isin(top_ids, self.special_ids) & leave_out[:, None, None]
+        if special.any():
+            order = np.argsort(special, axis=-1, kind="stable")  # the others keep their order
+            top_ids = np.take_along_axis(top_ids, order, axis=-1)
+            top_probs = np.take_along_axis(top_probs, order, axis=-1)
+        return self.vocab_array[top_ids].tolist(), top_probs.tolist()
 
     def _outputs(
         self,
         ctx: LmContext,
         ids: list[int],
         came: list[float],
-        top_list: list[list[int]],
-        prob_list: list[list[float]],
+        word_rows: list[list[str]],
+        prob_rows: list[list[float]],
         first: bool,
     ) -> list[dict[str, Any]]:
         """One step's outputs from its rows of the derived arrays (as lists); `first`: the step starts
@@ -185,24 +192,17 @@ class LmPredictor:
         logprob: list[float | None] = list(came)
         if first:
             logprob[0] = None
-        k, vocab = ctx.top_k, self.vocab
-        unknown = ctx.unknown.tolist()
-        if not ctx.include_special:
-            skip = self.special_ids
-            for row, (nxt, probs) in enumerate(zip(top_list, prob_list, strict=True)):
-                if skip[0] in nxt[:k] or skip[1] in nxt[:k]:  # else nxt[:k] has none
-                    kept = [(i, p) for i, p in zip(nxt, probs, strict=True) if i not in skip]
-                    top_list[row], prob_list[row] = [i for i, _ in kept], [p for _, p in kept]
+        k = ctx.top_k
         return [
             {
                 "token": token,
                 "token_id": token_id,
                 "unknown": unk,
                 "logprob": lp,
-                "next": [{"token": vocab[i], "prob": p} for i, p in zip(nxt[:k], probs[:k], strict=True)],
+                "next": [{"token": w, "prob": p} for w, p in zip(words[:k], probs[:k], strict=True)],
             }
-            for token, token_id, unk, lp, nxt, probs in zip(
-                ctx.tokens, ids, unknown, logprob, top_list, prob_list, strict=True
+            for token, token_id, unk, lp, words, probs in zip(
+                ctx.tokens, ids, ctx.unknown.tolist(), logprob, word_rows, prob_rows, strict=True
             )
         ]
 
