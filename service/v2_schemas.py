@@ -61,7 +61,11 @@ class RequestedOutput(_Open):
 class InferRequest(_Open):
     id: str | None = None
     parameters: InferParameters | None = None
-    inputs: list[InferInput] = Field(min_length=1, max_length=1)
+    inputs: list[InferInput] = Field(
+        min_length=1,
+        max_length=2,
+        description="lm: `x` or `TEXT`; sensor: `x`, and optionally `TIMESTAMP` (one per reading)",
+    )
     outputs: list[RequestedOutput] | None = None
 
 
