@@ -23,6 +23,7 @@ from e2e_support import (
     StartServer,
     auth,
 )
+from integration.service.redis_support import NO_REDIS, REDIS_SERVER, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -72,21 +73,37 @@ def start_server(tiny_models_dir: Path, tmp_path: Path) -> Iterator[StartServer]
         assert process.stop() == 0, process.log()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", params=["memory", "redis"])
 def hostile_server(
-    tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    """The transport fuzz tests' own server (the shared server's log stays theirs): at the end, its log
-    must show no traceback, so that an error the fuzzing provoked cannot pass unseen behind a 4xx."""
-    process = ServerProcess(
-        tiny_models_dir,
-        tmp_path_factory.mktemp("hostile"),
-        api_keys=",".join(KEYS),
-        max_events_per_request=str(MAX_EVENTS),
-        max_body_bytes=str(MAX_BODY),
-        max_top_k=str(MAX_TOP_K),
-        max_steps_per_request=str(MAX_STEPS),
-    ).wait_ready()
-    yield process
-    assert process.stop() == 0, process.log()
-    assert "Traceback" not in process.log(), process.log()[-20000:]
+    """The transport fuzz tests' own server (the shared server's log stays theirs), on each session
+    store, so that "a refused request changes nothing" is checked where the store is Redis too: at the
+    end, its log must show no traceback, so that an error the fuzzing provoked cannot pass unseen
+    behind a 4xx."""
+    store: dict[str, str] = {}
+    redis_server = None
+    if request.param == "redis":
+        if REDIS_SERVER is None:
+            pytest.skip(NO_REDIS)
+        redis_server = RedisServer(tmp_path_factory.mktemp("hostile-redis"))
+        store = {"store": "redis", "redis_url": redis_server.url}
+    try:
+        process = ServerProcess(
+            tiny_models_dir,
+            tmp_path_factory.mktemp("hostile"),
+            None,
+            None,
+            api_keys=",".join(KEYS),
+            max_events_per_request=str(MAX_EVENTS),
+            max_body_bytes=str(MAX_BODY),
+            max_top_k=str(MAX_TOP_K),
+            max_steps_per_request=str(MAX_STEPS),
+            **store,
+        ).wait_ready()
+        yield process
+        assert process.stop() == 0, process.log()
+        assert "Traceback" not in process.log(), process.log()[-20000:]
+    finally:
+        if redis_server is not None:
+            redis_server.kill()
