@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from service.errors import BadRequest, CapacityExceeded, ServiceError
+from service.errors import BadRequest, CapacityExceeded, SequenceConflict, ServiceError
 
 if TYPE_CHECKING:
     from service.registry import LoadedModel
@@ -77,6 +77,11 @@ def at_capacity(model_key: str, max_sessions: int, free_in_s: float) -> Capacity
         model=model_key,
         max_sessions=max_sessions,
     )
+
+
+def moved_on(session_id: str, current: int) -> SequenceConflict:
+    """A write refused because the session is no longer at the seq its record saw: it is at `current`."""
+    return SequenceConflict(f"session {session_id} moved on to seq {current}", expected_seq=current)
 
 
 @dataclass(slots=True)

@@ -25,7 +25,6 @@ import numpy as np
 
 from service.errors import (
     BadRequest,
-    SequenceConflict,
     ServiceError,
     SessionGone,
     SessionNotFound,
@@ -44,8 +43,10 @@ from service.store.base import (
     at_capacity,
     check_session_id,
     key_to_id,
+    moved_on,
     session_key,
 )
+from service.store.session_metrics import count_ended, set_live
 from service.store.slab import NO_ANSWER, Partition
 from service.store.snapshot_file import load_sessions, save_sessions, save_sessions_async
 from service.store.tombstones import Tombstones
@@ -165,10 +166,7 @@ class MemoryStore:
         )
 
     def _update_gauges(self, p: Partition) -> None:
-        if self.metrics is not None:
-            name, _, version = p.key.partition("/")
-            self.metrics.active_sessions.labels(name, version).set(p.live)
-            self.metrics.state_bytes.labels(name, version).set(p.state_nbytes)
+        set_live(self.metrics, p.key, p.live, p.state_nbytes)
 
     def _end(self, part: int, rows: np.ndarray, reason: str, now: float) -> None:
         """End sessions: tombstone their ids, free their rows, count them."""
@@ -185,8 +183,7 @@ class MemoryStore:
                 self._gone.add(key, reason, owner, until)
         p.release(rows)
         self._trim_tombstones(now)
-        if self.metrics is not None:
-            self.metrics.sessions_ended.labels(p.name, reason).inc(len(rows))
+        count_ended(self.metrics, p.key, reason, len(rows))
         self._update_gauges(p)
 
     def _trim_tombstones(self, now: float) -> None:
@@ -364,9 +361,7 @@ class MemoryStore:
         p = self._current(record)
         current = int(p.seq[record.row])
         if current != record.seq:
-            raise SequenceConflict(
-                f"session {record.session_id} moved on to seq {current}", expected_seq=current
-            )
+            raise moved_on(record.session_id, current)
         for s, new in zip(p.states, state, strict=True):
             s[:, record.row] = new
         p.seq[record.row], p.last_used[record.row] = seq, self.clock()

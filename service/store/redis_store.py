@@ -35,7 +35,6 @@ import redis.asyncio as aioredis
 from service.batcher import Coalescer
 from service.errors import (
     BadRequest,
-    SequenceConflict,
     ServiceError,
     SessionDeleted,
     SessionGone,
@@ -53,6 +52,7 @@ from service.store.base import (
     StoredAnswer,
     at_capacity,
     check_session_id,
+    moved_on,
 )
 from service.store.redis_client import Availability, connect, where
 from service.store.redis_layout import (
@@ -68,6 +68,7 @@ from service.store.redis_layout import (
     split_lookups,
     text,
 )
+from service.store.session_metrics import count_ended, set_live
 
 _LOOKUPS_PER_CALL = 512  # ids in one lookup script call, as the coalescer sends at most
 
@@ -182,13 +183,11 @@ class RedisStore:
         raise session_gone(sid, text(tomb).partition("\n")[0])
 
     def _ended_count(self, part: Partition | None, reason: str, count: int) -> None:
-        if self.metrics is not None and part is not None and count:
-            self.metrics.sessions_ended.labels(part.name, reason).inc(count)
+        if part is not None:  # None: a version this process does not serve
+            count_ended(self.metrics, part.key, reason, count)
 
-    def _gauges(self, part: Partition | None, live: int) -> None:
-        if self.metrics is not None and part is not None:
-            self.metrics.active_sessions.labels(part.name, part.version).set(live)
-            self.metrics.state_bytes.labels(part.name, part.version).set(live * part.nbytes)
+    def _gauges(self, part: Partition, live: int) -> None:
+        set_live(self.metrics, part.key, live, live * part.nbytes)
 
     # ---- lifecycle of sessions -----------------------------------------------------------------------
 
@@ -323,10 +322,7 @@ class RedisStore:
         if kind == "gone":
             await self._ended(record)
         if kind == "conflict":
-            current = int(reply[1])
-            raise SequenceConflict(
-                f"session {record.session_id} moved on to seq {current}", expected_seq=current
-            )
+            raise moved_on(record.session_id, int(reply[1]))
         return self._record(record.session_id, reply[1:])
 
     async def reset(self, record: SessionRecord) -> SessionRecord:
