@@ -63,7 +63,7 @@ def census(manager: SessionManager) -> dict[str, int]:
         "free_rows": part._n_free,
         "answers": len(part.answers),
         "ids_held": sum(k is not None for k in part.ids),
-        "tombstones": len(store._gone),
+        "tombstones": len(store.ids.gone),
         "turns": len(manager._turns),
         "owners": len(store.owners),
         "queued": sum(s.batcher.queued for s in manager.versions),

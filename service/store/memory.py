@@ -1,8 +1,8 @@
-"""The embedded session store: slabs per model version, one id -> row dict, bounded tombstones.
+"""The embedded session store: slabs per model version (slab.py), one id -> row dict (session_ids.py).
 
 Per idle session it holds one slab row, ~48 bytes of numpy metadata, a list slot and one dict entry
 (the key is 16 raw bytes for our own ids); no Python object per session beyond that key and its row
-number. Ended ids are remembered as tombstones (tombstones.py) for `gone_retention_s` (at most
+number. Ended ids are remembered as bounded tombstones (tombstones.py) for `gone_retention_s` (at most
 `max_sessions` per served version), so that they answer 410 with the reason instead of 404.
 
 Everything runs on the event loop and awaits nothing: the async methods of the `SessionStore` protocol
@@ -16,7 +16,6 @@ more than a copy of a few MB).
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,12 +45,10 @@ from service.store.base import (
     moved_on,
     session_key,
 )
+from service.store.session_ids import SessionIds
 from service.store.session_metrics import count_ended, set_live
 from service.store.slab import NO_ANSWER, Partition
 from service.store.snapshot_file import load_sessions, save_sessions, save_sessions_async
-from service.store.tombstones import Tombstones
-
-_ROW_BITS = 32
 
 
 class MemoryStore:
@@ -72,10 +69,7 @@ class MemoryStore:
         self._initial_rows = initial_rows
         self._parts: list[Partition] = []
         self._part_by_key: dict[str, int] = {}
-        self._index: dict[SessionKey, int] = {}  # key -> (partition << 32) | row
-        self._owners: list[str | None] = [None]
-        self._owner_index: dict[str | None, int] = {None: 0}
-        self._gone = Tombstones()
+        self.ids = SessionIds()  # live id -> (partition, row); owners; tombstones
 
     # ---- partitions --------------------------------------------------------------------------------
 
@@ -118,7 +112,7 @@ class MemoryStore:
     @property
     def owners(self) -> list[str | None]:
         """The owner table: a row's `owner` column indexes it."""
-        return self._owners
+        return self.ids.owners
 
     async def live_sessions(self, model_key: str) -> int:
         return self.live_now(model_key)
@@ -137,16 +131,9 @@ class MemoryStore:
         pass
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self.ids)
 
     # ---- helpers -----------------------------------------------------------------------------------
-
-    def _owner(self, owner: str | None) -> int:
-        index = self._owner_index.get(owner)
-        if index is None:
-            index = self._owner_index[owner] = len(self._owners)
-            self._owners.append(owner)
-        return index
 
     def _record(self, part: int, row: int) -> SessionRecord:
         p = self._parts[part]
@@ -173,32 +160,19 @@ class MemoryStore:
         p = self._parts[part]
         if len(rows) == 0:
             return
-        until = now + self.settings.gone_retention_s
-        owners = p.owner[rows].tolist()
-        for row, owner in zip(rows.tolist(), owners, strict=True):
-            key = p.ids[row]
-            assert key is not None
-            del self._index[key]
-            if self.settings.gone_retention_s > 0:
-                self._gone.add(key, reason, owner, until)
+        retention = self.settings.gone_retention_s
+        keys = [p.ids[row] for row in rows.tolist()]
+        self.ids.end(keys, p.owner[rows].tolist(), reason, now + retention if retention > 0 else None)
         p.release(rows)
         self._trim_tombstones(now)
         count_ended(self.metrics, p.key, reason, len(rows))
         self._update_gauges(p)
 
     def _trim_tombstones(self, now: float) -> None:
-        self._gone.trim(now, self.settings.max_sessions * max(1, len(self._parts)))
+        self.ids.gone.trim(now, self.settings.max_sessions * max(1, len(self._parts)))
 
     def _locate(self, session_id: str, owner: str | None, now: float) -> tuple[int, int]:
-        key = session_key(session_id)
-        packed = self._index.get(key)
-        owner_index = self._owner_index.get(owner, -2)
-        if packed is None:
-            reason = self._gone.reason_for(key, owner_index, now)
-            if reason is not None:
-                raise session_gone(session_id, reason)
-            raise SessionNotFound(f"no session {session_id}", session_id=session_id)
-        part, row = packed >> _ROW_BITS, packed & ((1 << _ROW_BITS) - 1)
+        part, row, owner_index = self.ids.locate(session_id, owner, now)
         p = self._parts[part]
         if p.owner[row] != owner_index:
             raise SessionNotFound(f"no session {session_id}", session_id=session_id)
@@ -246,27 +220,25 @@ class MemoryStore:
             key = session_key(session_id)
             old = self._replaced(session_id, owner, now, replace)
         else:
-            key = secrets.token_bytes(16)
-            while key in self._index or key in self._gone:
-                key = secrets.token_bytes(16)
+            key = self.ids.new_key()
         if old is not None and old[0] == part:  # its row is room for the new one: ending it first
             self._end(part, np.array([old[1]]), "deleted", now)  # cannot leave the create refused
             old = None
         row = self._allocate(model_key, now)
         if old is not None:  # on another version: ended only now that the new one has its row
             self._end(old[0], np.array([old[1]]), "deleted", now)
-        self._gone.discard(key)
+        self.ids.gone.discard(key)
         p.init_row(
             row,
             key,
-            self._owner(owner),
+            self.ids.owner(owner),
             seq,
             self.wall_offset + now,
             now,
             None if state is None else list(state),
             answer,
         )
-        self._index[key] = (part << _ROW_BITS) | row
+        self.ids.add(key, part, row)
         self._update_gauges(p)
         return self._record(part, row)
 
@@ -275,7 +247,7 @@ class MemoryStore:
     ) -> tuple[int, int] | None:
         """(part, row) of the live session that a create under `session_id` replaces; None when the id
         is free; BadRequest when it is in use (by another owner, or without `replace`)."""
-        if session_key(session_id) not in self._index:
+        if session_key(session_id) not in self.ids:
             return None
         if replace:
             try:
@@ -338,7 +310,7 @@ class MemoryStore:
     def _current(self, record: SessionRecord) -> Partition:
         p = self._parts[record.part]
         if p.gen[record.row] != record.gen or p.owner[record.row] < 0:
-            reason = self._gone.reason(session_key(record.session_id)) or "deleted"
+            reason = self.ids.gone.reason(session_key(record.session_id)) or "deleted"
             raise session_gone(record.session_id, reason)
         return p
 
@@ -375,10 +347,8 @@ class MemoryStore:
         """(partition, row) [B] of each id naming a live, unexpired session of `owner`; -1 (both) for
         any other id (unknown, ended, another owner's, expired: `lookup` says which, and ends an expired
         one). Bulk ingest's lookup, with no record per session; it touches nothing."""
-        get = self._index.get
-        packed = np.fromiter((get(session_key(s), -1) for s in session_ids), np.int64, len(session_ids))
-        parts, rows = packed >> _ROW_BITS, packed & ((1 << _ROW_BITS) - 1)
-        owner_index, now = self._owner_index.get(owner, -2), self.clock()
+        parts, rows = self.ids.locate_many(session_ids)
+        owner_index, now = self.ids.owner_code(owner), self.clock()
         for part in np.unique(parts[parts >= 0]).tolist():
             at = np.flatnonzero(parts == part)
             p, r = self._parts[part], rows[at]
@@ -417,7 +387,7 @@ class MemoryStore:
         """A copy of the tombstones: their keys, and their (reason, owner index, monotonic time it is
         forgotten) in the same order, taken in two C-level list copies (snapshots take it on the event
         loop); some may be past their time."""
-        return self._gone.copy()
+        return self.ids.gone.copy()
 
     async def end_all(self, model_key: str, reason: str) -> int:
         index = self._part_by_key.get(model_key)
@@ -431,8 +401,8 @@ class MemoryStore:
         """Restore a tombstone read from a snapshot file (a live session of that id keeps precedence)."""
         key = session_key(session_id)
         until = until_wall - self.wall_offset
-        if key not in self._index and until > self.clock():
-            self._gone.add(key, reason, self._owner(owner), until)
+        if key not in self.ids and until > self.clock():
+            self.ids.gone.add(key, reason, self.ids.owner(owner), until)
 
     def save(self, path: Path) -> int:
         """Write every session to `path` atomically (see snapshot_file.py); returns the count."""

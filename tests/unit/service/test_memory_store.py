@@ -169,7 +169,7 @@ async def test_tombstones_are_bounded() -> None:
         record = await store.create(KEY, None)
         ids.append(record.session_id)
         await store.delete(record.session_id, None)
-    assert len(store._gone) == 3  # max_sessions per served version; the oldest go first
+    assert len(store.ids.gone) == 3  # max_sessions per served version; the oldest go first
     with pytest.raises(SessionNotFound):
         await store.lookup(ids[0], None)
     with pytest.raises(SessionDeleted):
@@ -287,7 +287,7 @@ async def test_snapshot_drops_sessions_that_expired_while_down(tmp_path: Path) -
 
 def _deep_size_of_index(store: MemoryStore) -> int:
     """Bytes of the id -> row dict: its table plus the key and value objects it holds."""
-    index = store._index
+    index = store.ids.live
     return sys.getsizeof(index) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in index.items())
 
 

@@ -72,7 +72,7 @@ def restore(path: Path) -> MemoryStore:
 async def check_restored(restored: MemoryStore, incarnations: dict[str, int]) -> dict[str, tuple[int, int]]:
     """Every restored session holds a state, seq and answer it really had together; name -> (inc, seq)."""
     found = {}
-    for key in list(restored._index):
+    for key in list(restored.ids.live):
         name = key if isinstance(key, str) else key.hex()
         record = await restored.lookup(name, None, touch=False)
         seq, state = await restored.read_state(record)
