@@ -41,13 +41,12 @@ from service.store.base import (
     StoredAnswer,
     at_capacity,
     check_session_id,
-    key_to_id,
     moved_on,
     session_key,
 )
 from service.store.session_ids import SessionIds
 from service.store.session_metrics import count_ended, set_live
-from service.store.slab import NO_ANSWER, Partition
+from service.store.slab import Partition
 from service.store.snapshot_file import load_sessions, save_sessions, save_sessions_async
 
 
@@ -136,21 +135,7 @@ class MemoryStore:
     # ---- helpers -----------------------------------------------------------------------------------
 
     def _record(self, part: int, row: int) -> SessionRecord:
-        p = self._parts[part]
-        key = p.ids[row]
-        assert key is not None
-        last_used = float(p.last_used[row])
-        return SessionRecord(
-            session_id=key_to_id(key),
-            model_key=p.key,
-            part=part,
-            row=row,
-            gen=int(p.gen[row]),
-            seq=int(p.seq[row]),
-            created_at=float(p.created[row]),
-            last_used_at=self.wall_offset + last_used,
-            expires_at=self.wall_offset + last_used + self.ttl,
-        )
+        return self._parts[part].record(part, row, self.wall_offset, self.ttl)
 
     def _update_gauges(self, p: Partition) -> None:
         set_live(self.metrics, p.key, p.live, p.state_nbytes)
@@ -316,12 +301,9 @@ class MemoryStore:
 
     async def reset(self, record: SessionRecord) -> SessionRecord:
         p = self._current(record)
-        row = record.row
-        for s in p.states:
-            s[:, row] = 0.0
-        p.seq[row], p.last_used[row], p.answer_seq[row] = 0, self.clock(), NO_ANSWER
-        p.answers.pop(row, None)
-        return self._record(record.part, row)
+        p.write_row(record.row, None, 0, self.clock())
+        p.answers.pop(record.row, None)
+        return self._record(record.part, record.row)
 
     async def read_state(self, record: SessionRecord) -> tuple[int, list[np.ndarray]]:
         p = self._current(record)
@@ -334,10 +316,7 @@ class MemoryStore:
         current = int(p.seq[record.row])
         if current != record.seq:
             raise moved_on(record.session_id, current)
-        for s, new in zip(p.states, state, strict=True):
-            s[:, record.row] = new
-        p.seq[record.row], p.last_used[record.row] = seq, self.clock()
-        p.answer_seq[record.row] = NO_ANSWER
+        p.write_row(record.row, state, seq, self.clock())
         return self._record(record.part, record.row)
 
     async def last_answer(self, record: SessionRecord) -> StoredAnswer | None:

@@ -18,9 +18,9 @@ max_sessions up front: at the default 100k sessions a 2-layer LSTM with H = 256 
 loaded version whether or not anyone uses it. Doubling costs an amortized O(1) copy per session, and it
 happens on the event loop between batches, where nothing holds a view of the old arrays (gathers copy).
 
-The memory store's batch read and write are the slab's (`gather_records`, `commit`): a record is still
-current while its row holds the same incarnation (`gen`, owner) at the same seq, checked for the whole
-batch in one vectorized pass.
+The memory store's batch read and write are the slab's (`gather_records`, `commit`), and so are one
+row's record and write (`record`, `write_row`): a record is still current while its row holds the same
+incarnation (`gen`, owner) at the same seq, checked for the whole batch in one vectorized pass.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.store.base import Committed, Gathered, SessionRecord, Status, StoredAnswer
+from service.store.base import Committed, Gathered, SessionRecord, Status, StoredAnswer, key_to_id
 
 NO_ANSWER = -1
 _READY, _CONFLICT, _GONE = int(Status.READY), int(Status.CONFLICT), int(Status.GONE)  # plain ints: faster
@@ -154,6 +154,35 @@ class Partition:
         if answer is not None:
             self.answer_seq[row], self.answer_fp[row] = answer.seq, answer.fingerprint
             self.answers[row] = answer.response
+
+    def write_row(self, row: int, state: Sequence[np.ndarray] | None, seq: int, now: float) -> None:
+        """Replace a row's state tensors [L, H] (None: zeros) and seq, used at `now` (monotonic); its
+        stored answer no longer holds."""
+        if state is None:
+            for s in self.states:
+                s[:, row] = 0.0
+        else:
+            for s, new in zip(self.states, state, strict=True):
+                s[:, row] = new
+        self.seq[row], self.last_used[row], self.answer_seq[row] = seq, now, NO_ANSWER
+
+    def record(self, part: int, row: int, wall_offset: float, ttl: float) -> SessionRecord:
+        """The session in `row` as a record; `part`: this partition's index in the store, `wall_offset`:
+        wall clock minus monotonic, `ttl`: idle seconds before it expires."""
+        key = self.ids[row]
+        assert key is not None
+        last_used = float(self.last_used[row])
+        return SessionRecord(
+            session_id=key_to_id(key),
+            model_key=self.key,
+            part=part,
+            row=row,
+            gen=int(self.gen[row]),
+            seq=int(self.seq[row]),
+            created_at=float(self.created[row]),
+            last_used_at=wall_offset + last_used,
+            expires_at=wall_offset + last_used + ttl,
+        )
 
     def release(self, rows: np.ndarray) -> None:
         """Free rows (vectorized): owner -1, generation bumped, back on the free stack."""
