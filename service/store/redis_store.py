@@ -1,7 +1,7 @@
 """The Redis session store (store=redis): every session lives in Redis, so any replica serves any session.
 
 Keys, hash fields and the encoding of states and script replies: redis_layout.py; the Lua scripts:
-redis_scripts.py.
+redis_scripts.py; lookups, many ids per script call: redis_lookups.py.
 
 Round trips: a batch of B sessions: read 1 (GATHER: B states and seqs, packed into three bulk
 strings, so that the client parses 3 values rather than 3B) and write 1 (COMMIT: the check-and-set of
@@ -27,20 +27,12 @@ import math
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import redis.asyncio as aioredis
 
-from service.batcher import Coalescer
-from service.errors import (
-    BadRequest,
-    ServiceError,
-    SessionDeleted,
-    SessionGone,
-    StoreUnavailable,
-    session_gone,
-)
+from service.errors import BadRequest, ServiceError, StoreUnavailable
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store import redis_scripts
@@ -65,12 +57,10 @@ from service.store.redis_layout import (
     decode_record,
     owner_code,
     refusal,
-    split_lookups,
     text,
 )
+from service.store.redis_lookups import RedisLookups
 from service.store.session_metrics import count_ended, set_live
-
-_LOOKUPS_PER_CALL = 512  # ids in one lookup script call, as the coalescer sends at most
 
 if TYPE_CHECKING:
     from service.registry import LoadedModel
@@ -104,7 +94,9 @@ class RedisStore:
         self._gather = register(redis_scripts.GATHER)
         self._commit = register(redis_scripts.COMMIT)
         self._sweep = register(redis_scripts.SWEEP)
-        self._lookups: Coalescer[tuple[str, str | None, bool], SessionRecord] = Coalescer(self._lookup_many)
+        self._lookups = RedisLookups(
+            self.client, self._lookup, self.keys, self.ttl_ms, self.gone_ms, self._guard, self._record
+        )
         self._parts: list[Partition] = []
         self._part_by_key: dict[str, int] = {}
 
@@ -167,20 +159,6 @@ class RedisStore:
     def _record(self, session_id: str, fields: Sequence[Any]) -> SessionRecord:
         """From a script's {m, i, q, c, u}."""
         return decode_record(session_id, fields, self._part_by_key, self.ttl_ms)
-
-    async def _ended(self, record: SessionRecord) -> NoReturn:
-        """The incarnation of `record` is gone (its owner was checked when it was looked up): raise why."""
-        with self._guard():
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.hget(self.keys.session(record.session_id), "i")
-                pipe.get(self.keys.tomb(record.session_id))
-                gen, tomb = await pipe.execute()
-        sid = record.session_id
-        if gen is not None:  # ended, and the id reused since (a client-chosen id)
-            raise SessionDeleted(f"session {sid} ended and its id was reused", session_id=sid)
-        if tomb is None:
-            raise SessionGone(f"session {sid} has ended", session_id=sid)
-        raise session_gone(sid, text(tomb).partition("\n")[0])
 
     def _ended_count(self, part: Partition | None, reason: str, count: int) -> None:
         if part is not None:  # None: a version this process does not serve
@@ -255,38 +233,13 @@ class RedisStore:
         raise BadRequest("could not pick a free session id")
 
     async def lookup(self, session_id: str, owner: str | None, *, touch: bool = True) -> SessionRecord:
-        """Lookups made together (many requests at once) share one round trip (`Coalescer`)."""
-        return await self._lookups((session_id, owner, touch))
-
-    async def _lookup_many(
-        self, lookups: list[tuple[str, str | None, bool]]
-    ) -> list[SessionRecord | Exception]:
-        keys: list[str] = []
-        args: list[Any] = [self.ttl_ms, self.gone_ms, self.keys.z]
-        for session_id, owner, touch in lookups:
-            keys += [self.keys.session(session_id), self.keys.tomb(session_id)]
-            args += [owner_code(owner), 1 if touch else 0, session_id]
-        with self._guard():
-            reply = await self._lookup(keys=keys, args=args)
-        results: list[SessionRecord | Exception] = []
-        for (session_id, _, _), fields in zip(lookups, split_lookups(reply, len(lookups)), strict=True):
-            if fields[0] == "ok":
-                results.append(self._record(session_id, fields[1:]))
-            else:
-                results.append(refusal(session_id, fields))
-        return results
+        """Lookups made together (many requests at once) share one round trip (redis_lookups.py)."""
+        return await self._lookups.one(session_id, owner, touch)
 
     async def lookup_many(
         self, session_ids: Sequence[str], owner: str | None, *, touch: bool = True
     ) -> list[SessionRecord | ServiceError]:
-        found: list[SessionRecord | ServiceError] = []
-        for start in range(0, len(session_ids), _LOOKUPS_PER_CALL):
-            chunk = session_ids[start : start + _LOOKUPS_PER_CALL]
-            for result in await self._lookup_many([(session_id, owner, touch) for session_id in chunk]):
-                if not isinstance(result, SessionRecord | ServiceError):
-                    raise result
-                found.append(result)
-        return found
+        return await self._lookups.many(session_ids, owner, touch)
 
     async def delete(self, session_id: str, owner: str | None) -> SessionRecord:
         with self._guard():
@@ -320,7 +273,7 @@ class RedisStore:
             )
         kind = text(reply[0])
         if kind == "gone":
-            await self._ended(record)
+            await self._lookups.ended(record)
         if kind == "conflict":
             raise moved_on(record.session_id, int(reply[1]))
         return self._record(record.session_id, reply[1:])
@@ -341,7 +294,7 @@ class RedisStore:
             fields: list[Any] = await self.client.hmget(self.keys.session(record.session_id), ["i", "q", "x"])
         gen, seq, blob = fields
         if gen is None or int(gen) != record.gen:
-            await self._ended(record)
+            await self._lookups.ended(record)
         return int(seq), self._part_of(record).state_tensors(bytes(blob))
 
     async def last_answer(self, record: SessionRecord) -> StoredAnswer | None:
@@ -351,7 +304,7 @@ class RedisStore:
             )
         gen, seq, fp, response = fields
         if gen is None or int(gen) != record.gen:
-            await self._ended(record)
+            await self._lookups.ended(record)
         if seq is None or int(seq) < 0 or response is None:
             return None
         return StoredAnswer(int(seq), int(fp), bytes(response))
