@@ -29,7 +29,7 @@ import numpy as np
 import onnxruntime as ort
 from sensor_reference import warmup_probability
 
-from service.anomaly import WARMUP
+from service.anomaly import CAP, WARMUP
 from service.manifest import Manifest, read_manifest
 
 TOLERANCE = 1e-5
@@ -204,8 +204,12 @@ class Reference:
         served_std = np.exp(0.5 * log_var) * scale
         expected = []
         for t in range(len(readings)):
-            score = probability = None
+            score = probability = surprise = likelihood = None
             if t > 0:
+                # README: the squared standardised prediction error, mean over features, capped at CAP
+                z2 = (x[t] - mean[t - 1]) ** 2 / np.exp(log_var[t - 1])
+                surprise = float(np.mean(np.minimum(z2, CAP)))
+                likelihood = 0.5 if t <= WARMUP else None  # 0.5 while the session learns its surprises
                 score = float(
                     0.5
                     * np.sum(
@@ -219,8 +223,15 @@ class Reference:
                 # a model trained on its sensor's history (fixed) also has its calibration's logistic
                 probability = warmup_probability(score, spec) if t <= WARMUP else None
             expected.append(
-                {"score": score, "probability": probability, "mean": served_mean[t], "std": served_std[t]}
-            )  # normalized units
+                {
+                    "score": score,
+                    "probability": probability,
+                    "surprise": surprise,
+                    "likelihood": likelihood,
+                    "mean": served_mean[t],  # normalized units
+                    "std": served_std[t],
+                }
+            )
         return expected
 
 
@@ -285,6 +296,13 @@ def check_sensor(outputs: list[dict[str, Any]], expected: list[dict[str, Any]], 
             if want["probability"] is not None:
                 assert close(got["probability"], want["probability"]), where
             assert got["is_anomaly"] == (got["probability"] >= 0.5), where
+        assert close(got["surprise"], want["surprise"]), (where, got["surprise"], want["surprise"])
+        if want["likelihood"] is not None or want["score"] is None:  # beyond the warm-up: the stream's own
+            assert close(got["likelihood"], want["likelihood"]), (
+                where,
+                got["likelihood"],
+                want["likelihood"],
+            )
         # compared in normalized units, where the graph computes: 1e-5 of the graph's own numbers
         mean = (np.asarray(got["predicted_mean"]) - mu) / sigma
         std = np.asarray(got["predicted_std"]) / sigma

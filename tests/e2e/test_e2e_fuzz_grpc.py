@@ -179,6 +179,8 @@ def check_answer(
                 "score": None if none and t == 0 else float(out["SCORE"][t]),
                 "probability": None if none and t == 0 else float(out["PROBABILITY"][t]),
                 "is_anomaly": None if none and t == 0 else bool(out["IS_ANOMALY"][t]),
+                "surprise": None if none and t == 0 else float(out["SURPRISE"][t]),
+                "likelihood": None if none and t == 0 else float(out["LIKELIHOOD"][t]),
                 "predicted_mean": out["PREDICTED_MEAN"][t].astype(np.float64),
                 "predicted_std": out["PREDICTED_STD"][t].astype(np.float64),
             }
