@@ -80,7 +80,8 @@ def _parameter(value: Any) -> Any:
     return getattr(value, which) if which else None
 
 
-def _set_parameter(target: Any, value: Any) -> None:
+def set_parameter(target: Any, value: Any) -> None:
+    """Set an InferParameter from a Python value: its kind follows the type (uint64 from 2^63 up)."""
     if isinstance(value, bool):
         target.bool_param = value
     elif isinstance(value, int):
@@ -134,7 +135,7 @@ def result_to_response(result: kserve.InferResult) -> Any:
         model_name=header["model_name"], model_version=header["model_version"], id=header.get("id", "")
     )
     for key, value in header.get("parameters", {}).items():
-        _set_parameter(response.parameters[key], value)
+        set_parameter(response.parameters[key], value)
     for tensor, _ in result.outputs:
         response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         response.raw_output_contents.append(tensor.raw())

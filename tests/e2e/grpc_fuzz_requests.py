@@ -16,6 +16,7 @@ from fuzz_support import BAD_REQUEST, BAD_TEXT, INVALID, NON_FINITE, SEQ_CONFLIC
 from hypothesis import strategies as st
 
 from service.grpc_proto import kserve_v2_pb2 as pb
+from service.grpc_server import set_parameter
 
 LM, SENSOR = "lm-gru", "sensor-gru"
 REFUSED = frozenset({BAD_REQUEST, INVALID})
@@ -50,21 +51,6 @@ class Call:
     replay: int | None = None  # the index of the call whose answer a retry gets
 
 
-def param(target: Any, value: Any) -> None:
-    """Set an InferParameter from a Python value (the kind follows the type: the wire has five)."""
-    if isinstance(value, bool):
-        target.bool_param = value
-    elif isinstance(value, int):
-        if value >= 2**63:
-            target.uint64_param = value
-        else:
-            target.int64_param = value
-    elif isinstance(value, float):
-        target.double_param = value
-    else:
-        target.string_param = value
-
-
 # ---- good requests ------------------------------------------------------------------------------------
 
 SEQUENCE_IDS = st.one_of(
@@ -78,17 +64,17 @@ def good_request(draw: Any, sequence: Sequence, start: bool) -> tuple[pb.ModelIn
     reference = sequence.reference
     lm = reference.manifest.task == "lm"
     request = pb.ModelInferRequest(model_name=LM if lm else SENSOR, id=draw(st.text(max_size=8)))
-    param(request.parameters["sequence_id"], sequence.id)
+    set_parameter(request.parameters["sequence_id"], sequence.id)
     if start:
-        param(request.parameters["sequence_start"], True)
+        set_parameter(request.parameters["sequence_start"], True)
     if draw(st.booleans()):
-        param(request.parameters["seq"], len(sequence.events))
+        set_parameter(request.parameters["seq"], len(sequence.events))
     options = (5, True)
     if lm:
         words = draw(st.lists(st.sampled_from(reference.vocab[2:]), min_size=1, max_size=3))
         options = (draw(st.integers(0, 20)), draw(st.booleans()))
-        param(request.parameters["top_k"], options[0])
-        param(request.parameters["include_special"], options[1])
+        set_parameter(request.parameters["top_k"], options[0])
+        set_parameter(request.parameters["include_special"], options[1])
         if draw(st.booleans()):
             text = request.inputs.add(name="TEXT", datatype="BYTES", shape=[1])
             text.contents.bytes_contents.append(" ".join(words).encode())
@@ -134,7 +120,7 @@ def bad_requests(
         return make
 
     def set_param(name: str) -> Callable[[pb.ModelInferRequest, Any], None]:
-        return lambda bad, value: param(bad.parameters[name], value)
+        return lambda bad, value: set_parameter(bad.parameters[name], value)
 
     def shape(bad: pb.ModelInferRequest, dims: list[int]) -> None:
         del bad.inputs[0].shape[:]
@@ -213,7 +199,7 @@ def _flagged(
     bad: pb.ModelInferRequest, codes: frozenset[str], flag: str | None
 ) -> tuple[Any, frozenset[str]]:
     if flag is not None and flag not in bad.parameters:
-        param(bad.parameters[flag], True)
+        set_parameter(bad.parameters[flag], True)
         if flag == "sequence_start":  # the seq of a running sequence does not fit a start
             codes = codes | {SEQ_CONFLICT}
     return bad, codes

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
-from e2e_support import KEYS, Reference, ServerProcess, close
+from e2e_support import Reference, ServerProcess, close
+from triton_support import bearer
 from v1_twin import long_sensor_stream, rest_twin
 
 pytestmark = pytest.mark.e2e
@@ -59,7 +60,7 @@ def v2_answers(
                 [x, stamp],
                 sequence_id=f"timed-{module.__name__}-{datatype}-{binary}",
                 sequence_start=n == 0,
-                headers={"authorization": f"Bearer {KEYS[0]}"},
+                headers=bearer(),
             )
             for name in FIELDS:
                 got[name] += result.as_numpy(name)[0].tolist()
@@ -79,9 +80,7 @@ def test_triton_clients_send_times_as_api_v1_does(
     chunks = long_sensor_stream(references[SENSOR], 11, chunks=5, size=60)
     stamps = times(datatype, chunks)
     got = v2_answers(module, server, chunks, stamps, binary)
-    with httpx.Client(
-        base_url=server.url, headers={"authorization": f"Bearer {KEYS[0]}"}, timeout=30
-    ) as rest:
+    with httpx.Client(base_url=server.url, headers=bearer(), timeout=30) as rest:
         timed = rest_twin(rest, SENSOR, chunks, stamps)
         untimed = rest_twin(rest, SENSOR, chunks)
     for name, field in FIELDS.items():
@@ -96,7 +95,7 @@ def test_the_sensor_config_declares_an_optional_timestamp(server: ServerProcess)
     for module in (thttp, tgrpc):
         client = client_for(module, server)
         try:
-            config = client.get_model_config(SENSOR, headers={"authorization": f"Bearer {KEYS[0]}"})
+            config = client.get_model_config(SENSOR, headers=bearer())
         finally:
             client.close()
         inputs = (
