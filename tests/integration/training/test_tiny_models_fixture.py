@@ -36,8 +36,13 @@ def test_committed_tiny_models_equal_a_fresh_build(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for name in names:
         new, old = fresh / name / "1", COMMITTED / name / "1"
-        manifest = _manifest(new)
-        assert manifest == _manifest(old), (name, REGENERATE)
+        manifest, committed = _manifest(new), _manifest(old)
+        # the export checks' differences measure float noise, which moves with the machine's kernels and
+        # threads (1.294e-07 on one CI machine, 1.306e-07 on another): the same checks, within noise
+        noise, committed_noise = manifest["training"].pop("metrics"), committed["training"].pop("metrics")
+        assert noise.keys() == committed_noise.keys(), (name, REGENERATE)
+        assert all(abs(noise[k] - committed_noise[k]) <= 1e-6 for k in noise), (name, noise, committed_noise)
+        assert manifest == committed, (name, REGENERATE)
         assert sorted(p.name for p in new.iterdir()) == sorted(p.name for p in old.iterdir()), REGENERATE
         onnx = manifest["onnx"]
         layers, hidden = onnx["states"][0]["shape"][0], onnx["states"][0]["shape"][2]
