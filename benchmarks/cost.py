@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from websockets.asyncio.client import connect
 
@@ -136,8 +136,22 @@ async def bulk_loop(
         await close()
 
 
+class Measured(Protocol):
+    """What a cell reads of the system under test: one server, or replicas behind one session store
+    (benchmarks/replicas.py; `port` is then their ports, and the load spreads over them)."""
+
+    name: str
+
+    @property
+    def port(self) -> int | Sequence[int]: ...
+
+    def cpu_seconds(self) -> float: ...
+
+    def histograms(self) -> dict[str, dict[str, Any]]: ...
+
+
 def measure_cell(
-    server: Server,
+    server: Measured,
     task: str,
     transport: str,
     ids: list[str],
@@ -153,6 +167,7 @@ def measure_cell(
         marks[when] = (time.perf_counter(), server.cpu_seconds(), server.histograms())
 
     if transport.startswith("bulk"):
+        assert isinstance(server.port, int), "bulk cells run on one server"
         ok, requests = run_async(
             bulk_loop(
                 server.port, bulk_bodies(ids, bodies), transport == "bulk_ws", warmup_s, duration_s, mark

@@ -309,14 +309,16 @@ async def _phase(
 
 
 async def run_load(
-    port: int,
+    port: int | Sequence[int],
     session_ids: Sequence[str],
     bodies: Sequence[bytes],
     spec: LoadSpec,
     label: str = "",
     on_phase: Callable[[str], None] | None = None,
 ) -> RunResult:
-    """Drive `spec.sessions` of `session_ids` with `bodies` (cycled): warm up, then measure.
+    """Drive `spec.sessions` of `session_ids` with `bodies` (cycled): warm up, then measure. Given
+    several ports (replicas sharing one session store), session i is driven through port i mod their
+    number.
 
     `on_phase("start")` and `on_phase("end")` run just before and after the measured phase, with no
     request in flight (to read the server's counters around exactly that phase).
@@ -327,11 +329,13 @@ async def run_load(
     suffix = "stream" if spec.transport == "ws" else "events"
     sem = asyncio.Semaphore(128)
 
-    async def open_one(sid: str) -> tuple[Send, Callable[[], Awaitable[None]]]:
-        async with sem:
-            return await make(port, f"/v1/sessions/{sid}/{suffix}")
+    ports = [port] if isinstance(port, int) else list(port)
 
-    opened = await asyncio.gather(*(open_one(sid) for sid in session_ids[: spec.sessions]))
+    async def open_one(i: int, sid: str) -> tuple[Send, Callable[[], Awaitable[None]]]:
+        async with sem:
+            return await make(ports[i % len(ports)], f"/v1/sessions/{sid}/{suffix}")
+
+    opened = await asyncio.gather(*(open_one(i, sid) for i, sid in enumerate(session_ids[: spec.sessions])))
     senders = [send for send, _ in opened]
     try:
         if spec.warmup_s > 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,19 @@ def test_gpu_script_runs_on_cpu(tiny_models_dir: Path, tmp_path: Path) -> None:
     for entry in data["server"]:
         _check_run(entry["run"], f"server at {entry['sessions']}")
     assert json_path.with_suffix(".png").is_file()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_replicas_benchmark_runs_and_accounts_for_every_process(tmp_path: Path) -> None:
+    out = tmp_path / "replicas.json"
+    command = [sys.executable, "-m", "benchmarks.replicas", "--replicas", "2", "--cells", "sensor:ws:8"]
+    command += ["--duration", "1", "--warmup", "0.3", "--out", str(out)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-5000:]
+    rows = {r["server"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"memory x1", "redis x2"}
+    assert rows["memory x1"]["replicas"] == 1 and rows["memory x1"]["redis_cpu_us_per_event"] is None
+    assert rows["redis x2"]["replicas"] == 2 and _positive(rows["redis x2"]["redis_cpu_us_per_event"])
+    for row in rows.values():
+        assert row["errors"] == 0 and row["events"] > 0, row
+        assert _positive(row["server_cpu_us_per_event"]) and 0 < row["inference_share_with_redis"] < 1.5, row
