@@ -228,6 +228,17 @@ def run(
     return rows
 
 
+def server_settings(threads: int) -> dict[str, object]:
+    """The measured servers' settings: `threads` ONNX Runtime threads, no snapshots, quiet logs."""
+    return {
+        "intra_op_threads": threads,
+        "inter_op_threads": 1,
+        "snapshot_path": "",
+        "log_level": "warning",
+        "max_sessions": 10_000,
+    }
+
+
 def table_line(r: dict[str, Any]) -> str:
     share = r["inference_share"]
     return (
@@ -273,13 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     raise_nofile_limit()
     with tempfile.TemporaryDirectory(prefix="rnnserve-cost-") as tmp:
         models_dir, arts = prepare_models(args.models_dir, {"lm": "lm", "sensor": "sensor"}, Path(tmp))
-        settings: dict[str, object] = {
-            "intra_op_threads": args.threads,
-            "inter_op_threads": 1,
-            "snapshot_path": "",
-            "log_level": "warning",
-            "max_sessions": 10_000,
-        }
+        settings = server_settings(args.threads)
         launches = []
         if args.against is not None:
             port = free_port()

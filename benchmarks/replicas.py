@@ -30,7 +30,7 @@ from typing import Any
 import redis
 
 from benchmarks.config import RESULTS_DIR
-from benchmarks.cost import OrtCost, cells, measure_cell
+from benchmarks.cost import OrtCost, cells, measure_cell, server_settings, table_line
 from benchmarks.loadgen import create_sessions, run_async
 from benchmarks.models import Artifact, prepare_models
 from benchmarks.payloads import event_bodies, session_body
@@ -144,13 +144,10 @@ def _measure(
 
 
 def _line(r: dict[str, Any]) -> str:
+    """benchmarks.cost's line (`share` against the servers alone), then Redis' CPU and the share with it."""
     redis_us = r["redis_cpu_us_per_event"]
-    return (
-        f"  {r['server']:<14} {r['task']:<6} {r['transport']:<5} {r['sessions']:>5} sess"
-        f"  {r['events_per_s']:>8,.0f} ev/s  servers {r['server_cpu_us_per_event']:7.1f} us/ev"
-        f"  redis {'-' if redis_us is None else f'{redis_us:5.1f}':>5} us/ev  batch {r['mean_batch']:6.1f}"
-        f"  share {r['inference_share_with_redis']:.3f}  errors {r['errors']}"
-    )
+    redis = "-" if redis_us is None else f"{redis_us:.1f}"
+    return f"{table_line(r)}  redis {redis} us/ev  share with redis {r['inference_share_with_redis']:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,13 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(c) for c in args.replicas.split(",")]
     raise_nofile_limit()
     rows: list[dict[str, Any]] = []
-    settings: dict[str, object] = {
-        "intra_op_threads": args.threads,
-        "inter_op_threads": 1,
-        "snapshot_path": "",
-        "log_level": "warning",
-        "max_sessions": 10_000,
-    }
+    settings = server_settings(args.threads)
     with tempfile.TemporaryDirectory(prefix="rnnserve-replicas-") as tmp:
         models_dir, arts = prepare_models(args.models_dir, {"lm": "lm", "sensor": "sensor"}, Path(tmp))
         ort = OrtCost(arts, args.threads)
