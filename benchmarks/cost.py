@@ -31,7 +31,7 @@ from websockets.asyncio.client import connect
 from benchmarks import limit
 from benchmarks.config import RESULTS_DIR, SuiteConfig
 from benchmarks.http1 import Http1Connection
-from benchmarks.loadgen import LoadSpec, create_sessions, run_async, run_load
+from benchmarks.loadgen import LoadSpec, run_async, run_load
 from benchmarks.models import Artifact, prepare_models
 from benchmarks.payloads import event_bodies, session_body
 from benchmarks.servers import (
@@ -45,6 +45,7 @@ from benchmarks.servers import (
     service_env,
     start,
 )
+from benchmarks.setup_requests import create_sessions
 
 TRANSPORTS = ("http", "ws", "bulk", "bulk_ws")
 

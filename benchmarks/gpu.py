@@ -150,9 +150,10 @@ def server_loads(
     work: Path,
 ) -> list[dict[str, Any]]:
     """The HTTP server (batcher on, host slab) with the same providers, closed loop at each load."""
-    from benchmarks.loadgen import LoadSpec, create_sessions, run_async, run_load
+    from benchmarks.loadgen import LoadSpec, run_async, run_load
     from benchmarks.payloads import event_bodies, session_body
     from benchmarks.servers import Launch, free_port, raise_nofile_limit, service_command, service_env, start
+    from benchmarks.setup_requests import create_sessions
 
     raise_nofile_limit()
     port = free_port()

@@ -11,10 +11,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from benchmarks.loadgen import create_sessions, fan_out, run_async
+from benchmarks.loadgen import run_async
 from benchmarks.models import Artifact
 from benchmarks.payloads import event_bodies, session_body
 from benchmarks.servers import Server
+from benchmarks.setup_requests import create_sessions, fan_out
 
 WARMUP_SESSIONS = 500
 

@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 
 from benchmarks.cost import bulk_bodies, bulk_loop
-from benchmarks.loadgen import LoadSpec, create_sessions, run_async, run_load
+from benchmarks.loadgen import LoadSpec, run_async, run_load
 from benchmarks.models import find_artifact
 from benchmarks.payloads import event_bodies, session_body
+from benchmarks.setup_requests import create_sessions
 
 
 def main(argv: list[str] | None = None) -> int:

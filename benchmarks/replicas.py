@@ -31,7 +31,7 @@ import redis
 
 from benchmarks.config import RESULTS_DIR
 from benchmarks.cost import OrtCost, cells, measure_cell, server_settings, table_line
-from benchmarks.loadgen import create_sessions, run_async
+from benchmarks.loadgen import run_async
 from benchmarks.models import Artifact, prepare_models
 from benchmarks.payloads import event_bodies, session_body
 from benchmarks.servers import (
@@ -44,6 +44,7 @@ from benchmarks.servers import (
     service_env,
     start,
 )
+from benchmarks.setup_requests import create_sessions
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -35,7 +35,7 @@ import numpy as np
 from benchmarks import cost, limit, memory, training_bench
 from benchmarks.config import SuiteConfig
 from benchmarks.interleave import interleaved
-from benchmarks.loadgen import LoadSpec, create_sessions, run_async, run_load
+from benchmarks.loadgen import LoadSpec, run_async, run_load
 from benchmarks.models import Artifact, prepare_models
 from benchmarks.payloads import event_bodies, session_body
 from benchmarks.servers import (
@@ -48,6 +48,7 @@ from benchmarks.servers import (
     service_env,
     start,
 )
+from benchmarks.setup_requests import create_sessions
 
 
 def log(message: str) -> None:
