@@ -107,7 +107,7 @@ def decode_inputs(
     for name in given:
         if name not in known:
             raise BadRequest(f"unknown input {name!r}; the model's input is {names}")
-    if len(set(given)) != len(given) or (task == "lm" and len(given) != 1) or given == [TIMESTAMP_INPUT]:
+    if len(set(given)) != len(given) or sum(name in ("x", TEXT_INPUT) for name in given) != 1:
         raise BadRequest(f"give the input tensor {names}, each once")
     parts = dict(zip(given, _binary_parts(inputs, tail), strict=True))
     specs = dict(zip(given, inputs, strict=True))
@@ -151,11 +151,18 @@ def _decode_text(spec: dict[str, Any], raw: bytes | None) -> str:
     shape = _shape(spec)
     if spec.get("datatype") != "BYTES" or shape not in ([1], [1, 1]):
         raise InvalidInput("input TEXT is BYTES of shape [1] (or [1, 1]): one string", shape=shape)
-    item = decode_values("BYTES", shape, spec.get("data"), raw, "input TEXT").reshape(-1)[0]
+    (text,) = _utf8(
+        decode_values("BYTES", shape, spec.get("data"), raw, "input TEXT").reshape(-1)[:1], "TEXT"
+    )
+    return text
+
+
+def _utf8(items: np.ndarray, name: str) -> list[str]:
+    """BYTES elements as text; InvalidInput naming the input if one is not UTF-8."""
     try:
-        return bytes(item).decode("utf-8")
+        return [bytes(item).decode("utf-8") for item in items]
     except UnicodeDecodeError:
-        raise InvalidInput("input TEXT is not UTF-8 text") from None
+        raise InvalidInput(f"input {name} is not UTF-8 text") from None
 
 
 def _decode_x(spec: dict[str, Any], raw: bytes | None, task: str, max_events: int) -> np.ndarray:
@@ -185,18 +192,11 @@ def _decode_timestamps(spec: dict[str, Any], raw: bytes | None, events: int) -> 
             f"input TIMESTAMP has shape [1, T], one per reading of x: [1, {events}]", shape=shape
         )
     values = decode_values(datatype, shape, spec.get("data"), raw, "input TIMESTAMP").reshape(-1)
+    # the values are API v1's `timestamps` from here on: its schema refuses what it refuses there
+    # (non-finite seconds, text with control characters), before anything moves
     if datatype == "BYTES":
-        try:
-            texts = [bytes(item).decode("utf-8") for item in values]
-        except UnicodeDecodeError:
-            raise InvalidInput("input TIMESTAMP is not UTF-8 text") from None
-        if not all(schemas.is_text(t) for t in texts):
-            raise InvalidInput("input TIMESTAMP holds control characters or lone surrogates")
-        return texts
-    seconds = values.astype(np.float64)
-    if not np.isfinite(seconds).all():
-        raise InvalidInput("input TIMESTAMP: Unix seconds must be finite numbers")
-    stamps: list[float] = seconds.tolist()
+        return _utf8(values, "TIMESTAMP")
+    stamps: list[float] = values.astype(np.float64).tolist()
     return stamps
 
 
