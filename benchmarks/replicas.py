@@ -39,17 +39,13 @@ from benchmarks.servers import (
     Launch,
     Server,
     free_port,
+    process_cpu_seconds,
     raise_nofile_limit,
     service_command,
     service_env,
     start,
 )
 from benchmarks.setup_requests import create_sessions
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -59,16 +55,15 @@ class Replicas:
     name: str
     servers: list[Server]
     redis_pid: int | None
+    redis_marks: list[float] = field(default_factory=list)  # Redis' CPU seconds at each servers' reading
 
     @property
     def port(self) -> list[int]:
         return [s.port for s in self.servers]
 
-    redis_marks: list[float] = field(default_factory=list)  # Redis' CPU seconds at each servers' reading
-
     def cpu_seconds(self) -> float:
         """The servers' CPU seconds; Redis' are noted at the same moment (`redis_marks`)."""
-        self.redis_marks.append(_cpu_seconds(self.redis_pid) if self.redis_pid is not None else 0.0)
+        self.redis_marks.append(process_cpu_seconds(self.redis_pid) if self.redis_pid is not None else 0.0)
         return sum(s.cpu_seconds() for s in self.servers)
 
     def histograms(self) -> dict[str, dict[str, Any]]:

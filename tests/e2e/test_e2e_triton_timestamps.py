@@ -38,10 +38,15 @@ def client_for(module: Any, server: ServerProcess) -> Any:
 
 
 def v2_answers(
-    module: Any, server: ServerProcess, chunks: np.ndarray, stamps: list[list[Any]], binary: bool
+    module: Any,
+    server: ServerProcess,
+    chunks: np.ndarray,
+    stamps: list[list[Any]],
+    datatype: str,
+    binary: bool,
 ) -> Any:
-    """Each output over the whole stream, sent chunk by chunk as one sequence through `module`'s client."""
-    datatype = "FP64" if isinstance(stamps[0][0], int) else "BYTES"
+    """Each output over the whole stream, sent chunk by chunk as one sequence through `module`'s client,
+    the times as TIMESTAMP of `datatype`."""
     client = client_for(module, server)
     got: dict[str, list[float]] = {name: [] for name in FIELDS}
     try:
@@ -79,7 +84,7 @@ def test_triton_clients_send_times_as_api_v1_does(
 ) -> None:
     chunks = long_sensor_stream(references[SENSOR], 11, chunks=5, size=60)
     stamps = times(datatype, chunks)
-    got = v2_answers(module, server, chunks, stamps, binary)
+    got = v2_answers(module, server, chunks, stamps, datatype, binary)
     with httpx.Client(base_url=server.url, headers=bearer(), timeout=30) as rest:
         timed = rest_twin(rest, SENSOR, chunks, stamps)
         untimed = rest_twin(rest, SENSOR, chunks)
