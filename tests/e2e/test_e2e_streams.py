@@ -13,7 +13,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-import h11
 import httpx
 import pytest
 from e2e_support import (
@@ -28,6 +27,7 @@ from e2e_support import (
     metric_samples,
 )
 
+from benchmarks.http1 import Http1Connection
 from service.predictors.detok import detokenize
 
 pytestmark = pytest.mark.e2e
@@ -108,64 +108,6 @@ def test_interleaved_sessions_equal_the_whole_sequence_reference(
     run_interleaved(server.url, references, dict.fromkeys(references, SESSIONS_PER_MODEL), auth())
 
 
-class Burst:
-    """Keep-alive HTTP/1.1 connections (h11 over asyncio streams) on which a round's requests are all
-    written back to back before any answer is read. httpx sends concurrent requests one after the other,
-    ~1 ms apart on a busy 2-core machine: as long as the server answers one, so no two ever queue
-    together, and whether a batch forms depends on the machine (CI once saw 80 calls for 80 steps)."""
-
-    def __init__(self, streams: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]], host: str) -> None:
-        self.streams, self.host = streams, host
-        self.protocols = [h11.Connection(h11.CLIENT) for _ in streams]
-
-    @classmethod
-    async def open(cls, url: str, connections: int) -> Burst:
-        where = httpx.URL(url)
-        assert where.host and where.port
-        streams = [await asyncio.open_connection(where.host, where.port) for _ in range(connections)]
-        return cls(streams, f"{where.host}:{where.port}")
-
-    def close(self) -> None:
-        for _, writer in self.streams:
-            writer.close()
-
-    async def post(self, requests: list[tuple[str, dict[str, Any]]]) -> list[tuple[int, Any]]:
-        """POST each (path, JSON body) on its own connection, all written first; (status, JSON) each."""
-        for (_, writer), protocol, (path, body) in zip(self.streams, self.protocols, requests, strict=True):
-            data = json.dumps(body).encode()
-            headers = [
-                ("Host", self.host),
-                ("Content-Type", "application/json"),
-                ("Content-Length", str(len(data))),
-            ]
-            writer.write(
-                protocol.send(h11.Request(method="POST", target=path, headers=headers))
-                + protocol.send(h11.Data(data=data))
-                + protocol.send(h11.EndOfMessage())
-            )
-        return [
-            await self._answer(reader, protocol)
-            for (reader, _), protocol in zip(self.streams, self.protocols, strict=True)
-        ]
-
-    @staticmethod
-    async def _answer(reader: asyncio.StreamReader, protocol: h11.Connection) -> tuple[int, Any]:
-        status, body = 0, b""
-        while True:
-            event = protocol.next_event()
-            if event is h11.NEED_DATA:
-                protocol.receive_data(await reader.read(65536))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                protocol.start_next_cycle()
-                return status, json.loads(body)
-            else:
-                raise AssertionError(f"unexpected HTTP event {event!r}")
-
-
 def test_sessions_stepping_together_share_onnx_runtime_calls(start_server: StartServer) -> None:
     """Rounds in which every session sends its next event at once: the batcher must put several
     sessions in one call (rnnserve_batch_size), and every session still gets its own outputs."""
@@ -177,24 +119,37 @@ def test_sessions_stepping_together_share_onnx_runtime_calls(start_server: Start
     before = batch_stats(server.url, model)
 
     async def main() -> list[list[Any]]:
+        """Each round's requests are all written before any answer is read: a plain HTTP/1.1 connection
+        per session (benchmarks.http1, connected beforehand) writes its request as soon as its coroutine
+        starts, so one gather sends the 8 back to back. httpx sent them ~1 ms apart, as long as the
+        server took to answer one, and whether a batch formed depended on the machine (CI once saw 80
+        calls for 80 steps)."""
         async with client_for(server.url, {}, 1) as client:
             sessions = [await new_session(client, model) for _ in events]
-        burst = await Burst.open(server.url, LOCKSTEP_SESSIONS)
+        port = httpx.URL(server.url).port
+        assert port is not None
+        connections = [Http1Connection("127.0.0.1", port) for _ in sessions]
         try:
+            await asyncio.gather(*(c.request("GET", "/healthz") for c in connections))
             outputs: list[list[Any]] = [[] for _ in events]
             for seq in range(EVENTS):
-                answers = await burst.post(
-                    [
-                        (f"/v1/sessions/{s}/events", event_body(reference, seq, [e[seq]]))
-                        for s, e in zip(sessions, events, strict=True)
-                    ]
+                answers = await asyncio.gather(
+                    *(
+                        c.request(
+                            "POST",
+                            f"/v1/sessions/{s}/events",
+                            json.dumps(event_body(reference, seq, [e[seq]])).encode(),
+                        )
+                        for c, s, e in zip(connections, sessions, events, strict=True)
+                    )
                 )
-                for collected, (status, answer) in zip(outputs, answers, strict=True):
+                for collected, (status, raw) in zip(outputs, answers, strict=True):
+                    answer = json.loads(raw)
                     assert status == 200 and answer["seq"] == seq + 1, (status, answer)
                     collected.extend(answer["outputs"])
             return outputs
         finally:
-            burst.close()
+            await asyncio.gather(*(c.close() for c in connections))
 
     for session_events, outputs in zip(events, asyncio.run(main()), strict=True):
         check(reference, session_events, outputs)
