@@ -11,8 +11,9 @@ NAB's rules hold by construction: each file from its start, one session per file
 model and the session statistics are causal, so a reading's answer depends only on the readings up to
 it; a request of CHUNK readings answers what CHUNK one-reading requests would, up to the float32 rounding
 of the statistics stored between requests), one set of parameters for all files, labels never reach the
-detector. The anomaly score is the served `probability`; a session's first reading, which nothing
-predicted, scores 0.
+detector. The anomaly score is the served `alarm` (`probability`, quiet for the rest period after each
+raised alarm: one detection per anomalous episode, as an operator is paged); a session's first reading,
+which nothing predicted, scores 0.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ async def _score_file(
     manager: SessionManager, model: str, f: NabFile, advance: Callable[[int], object]
 ) -> np.ndarray:
     outputs = await stream_readings(manager, model, None, f.values[:, None], f.timestamps, advance)
-    return np.array([0.0 if out.probability is None else out.probability for out in outputs])
+    return np.array([0.0 if out.alarm is None else out.alarm for out in outputs])
 
 
 async def run_detector(

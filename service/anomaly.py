@@ -34,6 +34,13 @@ hour has MIN_COUNT readings. Those daily surprises get a likelihood of their own
 model's), whose -log10 tail is a third piece of evidence for `probability`. Readings without a
 timestamp stay out of it.
 
+Alarm (CAD OSE's rest period, Smirnov 2016, second on NAB's scoreboard): an anomalous stretch keeps
+`probability` high for many readings, and an operator wants one page per episode, not one per reading.
+`alarm` is `probability` except during the REST readings after a reading whose alarm was raised
+(probability >= 0.5, the red alert), when it is 0: the first red reading of an episode is reported, the
+episode's next REST readings are not, and a stretch still red after them is reported again. One float
+per session: the readings of rest left (0: none, so a session saved before it existed starts calm).
+
 Training's calibration: a model trained on this sensor's own history (fixed normalisation) has a
 calibration of its raw score from training, whose evidence is RED * exp((score - center) / scale) (it
 makes `probability` the manifest's logistic, 0.5 at training's threshold). Where training chose that
@@ -69,6 +76,7 @@ restores, the SIGTERM file, the Redis store and exactly-once replays carry it wi
            D+HOURS+HOURS*F  running variance of each hour and feature
            D+HOURS+2HOURS*F the daily surprises' likelihood: scored count, long-term mean and variance,
                             ring of the last WINDOW (as at 2F+1)
+           A = D+HOURS+2HOURS*F+3+WINDOW  readings of the alarm's rest period left
 """
 
 from __future__ import annotations
@@ -96,13 +104,14 @@ MIN_COUNT = 3  # readings an hour needs before its readings are scored against i
 TOL = 0.05  # range novelty at the red alert: 5% of the seen range outside it (HTM's spatialTolerance)
 A_NOVEL_MAX = 1e6  # cap on range novelty's and calibration's a: probability stays below 1 in float64
 RED = 5.0  # -log10 of the tail at which probability = 0.5 (nupic's red alert: likelihood 0.99999)
+REST = 30  # readings after a raised alarm that raise none (CAD OSE's restPeriod)
 _LOG10 = math.log(10.0)
 _LOG_2PI = math.log(2 * math.pi)
 
 
 def stats_floats(features: int) -> int:
     """float values of one session's statistics for a model of `features` features (layout above)."""
-    return 4 * features + 5 + WINDOW + HOURS * (1 + 2 * features) + 3 + WINDOW
+    return 4 * features + 5 + WINDOW + HOURS * (1 + 2 * features) + 3 + WINDOW + 1
 
 
 def aux_tensors(floats: int, layers: int, hidden: int) -> int:
@@ -197,6 +206,7 @@ class SessionStats:
         self.range_at = 2 * features + 4 + WINDOW  # layout above
         self.daily_at = self.range_at + 1 + 2 * features
         self.daily_track_at = self.daily_at + HOURS * (1 + 2 * features)
+        self.rest_at = self.daily_track_at + 3 + WINDOW
 
     def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The decoder's x [B, T, F + 1] -> (readings [B, T, F], each reading's hour of the day [B, T])."""
@@ -299,7 +309,8 @@ class SessionStats:
     ) -> list[np.ndarray]:
         """Graph outputs (mean, log_var [B, T, F], mean_in, log_var_in [B, F]; model space) and the model
         input x -> [predicted mean [B, T, F], predicted std [B, T, F], score, probability, likelihood,
-        surprise [B, T]] in reading units; NaN where a reading had no prediction (a session's first)."""
+        surprise, alarm [B, T]] in reading units; NaN where a reading had no prediction (a session's
+        first)."""
         mean, log_var, mean_in, log_var_in = (a.astype(np.float64) for a in outputs)
         prev_mean = np.concatenate([mean_in[:, None], mean[:, :-1]], axis=1)  # [B, T, F]
         prev_lv = np.concatenate([log_var_in[:, None], log_var[:, :-1]], axis=1)
@@ -328,7 +339,20 @@ class SessionStats:
             probability,
             likelihood,
             surprise,
+            self._alarm(probability, stats[:, self.rest_at]),
         ]
+
+    @staticmethod
+    def _alarm(probability: np.ndarray, rest: np.ndarray) -> np.ndarray:
+        """`probability` [B, T] -> the alarm [B, T]: 0 during the REST readings after a raised alarm
+        (module docs); `rest` [B] (readings of rest left, a view) is updated in place."""
+        alarm = probability.copy()
+        for t in range(probability.shape[1]):
+            resting = rest > 0
+            alarm[resting, t] = np.where(np.isnan(probability[resting, t]), np.nan, 0.0)
+            raised = ~resting & (probability[:, t] >= 0.5)  # NaN (nothing predicted) raises nothing
+            rest[:] = np.where(raised, REST, np.maximum(rest - 1, 0))
+        return alarm
 
     def _calibrated(self, score: np.ndarray, seen: np.ndarray) -> np.ndarray:
         """Training's calibration's evidence [B, T] (module docs): RED * exp((score - center) / scale),

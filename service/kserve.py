@@ -29,9 +29,10 @@ sequence, and the sequence's state lives on the server between requests.
           parameter `include_special` is false)
   sensor: PREDICTED_MEAN FP32 [1, T, F], PREDICTED_STD FP32 [1, T, F], SCORE FP32 [1, T],
           PROBABILITY FP32 [1, T], IS_ANOMALY BOOL [1, T], LIKELIHOOD FP32 [1, T],
-          SURPRISE FP32 [1, T] (API v1's score, probability, is_anomaly, likelihood, surprise)
+          SURPRISE FP32 [1, T], ALARM FP32 [1, T] (API v1's score, probability, is_anomaly,
+          likelihood, surprise, alarm)
   The first event of a sequence predicts nothing (API v1 answers null): TOKEN_LOGPROB, SCORE,
-  PROBABILITY, LIKELIHOOD and SURPRISE carry 0.0 there and IS_ANOMALY false.
+  PROBABILITY, LIKELIHOOD, SURPRISE and ALARM carry 0.0 there and IS_ANOMALY false.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ OUTPUTS: dict[str, dict[str, tuple[str, int]]] = {  # name -> (datatype, rank)
         "IS_ANOMALY": ("BOOL", 2),
         "LIKELIHOOD": ("FP32", 2),
         "SURPRISE": ("FP32", 2),
+        "ALARM": ("FP32", 2),
     },
 }
 DEFAULT_TOP_K = 5
@@ -233,6 +235,7 @@ def encode_outputs(step: schemas.StepResponse, task: str, vocab_index: dict[str,
         arrays["IS_ANOMALY"] = np.array([bool(o.is_anomaly) for o in sensor], dtype=bool).reshape(1, t)
         arrays["LIKELIHOOD"] = _fp32([o.likelihood for o in sensor]).reshape(1, t)
         arrays["SURPRISE"] = _fp32([o.surprise for o in sensor]).reshape(1, t)
+        arrays["ALARM"] = _fp32([o.alarm for o in sensor]).reshape(1, t)
     return {name: Tensor(name, OUTPUTS[task][name][0], array) for name, array in arrays.items()}
 
 

@@ -210,6 +210,12 @@ class SensorOutput(BaseModel):
         description="squared standardised prediction error, mean over features, capped at 100 (~1 when "
         "the reading is as predicted); the raw input of `likelihood`",
     )
+    alarm: float | None = Field(
+        default=None,
+        description="`probability`, except 0 during the 30 readings after a reading that raised an alarm "
+        "(probability >= 0.5): one alarm per anomalous episode, a stretch still red after 30 readings "
+        "alarms again (CAD OSE's rest period). Page on it, with the same threshold as `probability`",
+    )
     predicted_mean: list[float]
     predicted_std: list[float]
     timestamp: float | str | None = None

@@ -11,7 +11,7 @@ a request, row t-1 otherwise; the raw score is the Gaussian NLL in normalized sp
 (the manifest's Calibration formula). The served probability is not the manifest's logistic of that
 score but the anomaly likelihood of the session's own recent surprises (service.anomaly), so that one
 threshold means the same on every stream. The very first reading of a session (seq 0) has nothing to be
-scored against: its score, probability, is_anomaly, likelihood and surprise are null.
+scored against: its score, probability, is_anomaly, likelihood, surprise and alarm are null.
 """
 
 from __future__ import annotations
@@ -274,10 +274,10 @@ class SensorPredictor:
     ) -> tuple[list[dict[str, Any]], int]:
         """One step's outputs from its rows of the derived arrays (as lists), and how many it flags;
         `first`: the step starts the session (its first reading has no prediction)."""
-        predicted_mean, predicted_std, score, probability, likelihood, surprise = rows
+        predicted_mean, predicted_std, score, probability, likelihood, surprise, alarm = rows
         flagged: list[bool | None] = [p >= 0.5 for p in probability]
         if first:  # nothing was predicted before a session's first reading
-            score[0] = probability[0] = flagged[0] = likelihood[0] = surprise[0] = None
+            score[0] = probability[0] = flagged[0] = likelihood[0] = surprise[0] = alarm[0] = None
         count = flagged.count(True)
         stamps: list[float | str | None] = [None] * len(score) if timestamps is None else list(timestamps)
         return [
@@ -287,16 +287,18 @@ class SensorPredictor:
                 "is_anomaly": f,
                 "likelihood": lk,
                 "surprise": su,
+                "alarm": al,
                 "predicted_mean": m,
                 "predicted_std": sd,
                 "timestamp": ts,
             }
-            for s, p, f, lk, su, m, sd, ts in zip(
+            for s, p, f, lk, su, al, m, sd, ts in zip(
                 score,
                 probability,
                 flagged,
                 likelihood,
                 surprise,
+                alarm,
                 predicted_mean,
                 predicted_std,
                 stamps,

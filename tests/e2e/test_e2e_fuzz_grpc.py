@@ -181,6 +181,7 @@ def check_answer(
                 "is_anomaly": None if none and t == 0 else bool(out["IS_ANOMALY"][t]),
                 "surprise": None if none and t == 0 else float(out["SURPRISE"][t]),
                 "likelihood": None if none and t == 0 else float(out["LIKELIHOOD"][t]),
+                "alarm": None if none and t == 0 else float(out["ALARM"][t]),
                 "predicted_mean": out["PREDICTED_MEAN"][t].astype(np.float64),
                 "predicted_std": out["PREDICTED_STD"][t].astype(np.float64),
             }

@@ -127,13 +127,13 @@ def test_sensor_sequences_one_shot_and_string_ids(
     assert close(float(outputs(second)["SCORE"][0, 0]), expected[2]["score"])
 
 
-def test_sensor_likelihood_and_surprise_equal_api_v1(
+def test_sensor_likelihood_surprise_and_alarm_equal_api_v1(
     client: httpx.Client, references: dict[str, Reference]
 ) -> None:
-    """A sequence that asks for exactly LIKELIHOOD and SURPRISE gets exactly those, equal to what API v1
-    answers for the same readings on a twin session, past the likelihood's warm-up."""
+    """A sequence that asks for exactly LIKELIHOOD, SURPRISE and ALARM gets exactly those, equal to what
+    API v1 answers for the same readings on a twin session, past the likelihood's warm-up."""
     chunks = long_sensor_stream(references["sensor-gru"], seed=11, chunks=5, size=60)
-    asked = [{"name": "SURPRISE"}, {"name": "LIKELIHOOD"}]
+    asked = [{"name": "SURPRISE"}, {"name": "LIKELIHOOD"}, {"name": "ALARM"}]
     answers = []
     for i, chunk in enumerate(chunks):
         body = {
@@ -142,7 +142,7 @@ def test_sensor_likelihood_and_surprise_equal_api_v1(
             "outputs": asked,
         }
         answers.append(client.post("/v2/models/sensor-gru/infer", json=body))
-        assert [o["name"] for o in answers[-1].json()["outputs"]] == ["SURPRISE", "LIKELIHOOD"]
+        assert [o["name"] for o in answers[-1].json()["outputs"]] == ["SURPRISE", "LIKELIHOOD", "ALARM"]
     got = {n: np.concatenate([outputs(a)[n] for a in answers], axis=1) for n in V1_FIELDS}
     check_v1_fields(got, rest_twin(client, "sensor-gru", chunks))
 

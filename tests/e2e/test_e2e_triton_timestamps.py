@@ -19,7 +19,13 @@ pytestmark = pytest.mark.e2e
 
 SENSOR = "sensor-lstm"
 START = 1_795_000_000  # Unix seconds; readings an hour apart run through every hour of the day
-FIELDS = {"PROBABILITY": "probability", "LIKELIHOOD": "likelihood", "SURPRISE": "surprise", "SCORE": "score"}
+FIELDS = {
+    "PROBABILITY": "probability",
+    "LIKELIHOOD": "likelihood",
+    "SURPRISE": "surprise",
+    "SCORE": "score",
+    "ALARM": "alarm",
+}
 
 
 def times(datatype: str, chunks: np.ndarray) -> list[list[Any]]:

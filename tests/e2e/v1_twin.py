@@ -12,7 +12,7 @@ from e2e_support import Reference, close
 
 from service.anomaly import WARMUP
 
-V1_FIELDS = {"LIKELIHOOD": "likelihood", "SURPRISE": "surprise"}  # V2 output -> API v1 field
+V1_FIELDS = {"LIKELIHOOD": "likelihood", "SURPRISE": "surprise", "ALARM": "alarm"}  # V2 output -> v1 field
 
 
 def long_sensor_stream(reference: Reference, seed: int, chunks: int, size: int) -> np.ndarray:
@@ -48,7 +48,7 @@ def rest_twin(
 
 
 def check_v1_fields(got: dict[str, np.ndarray], rest: list[dict[str, Any]]) -> None:
-    """V2's LIKELIHOOD and SURPRISE (FP32 [1, T]) equal API v1's `likelihood` and `surprise` for the same
+    """V2's LIKELIHOOD, SURPRISE and ALARM (FP32 [1, T]) equal API v1's fields of those names for the same
     readings, with 0.0 where API v1 answers null (the sequence's first reading)."""
     assert rest[0]["likelihood"] is None and rest[0]["surprise"] is None
     for name, field in V1_FIELDS.items():

@@ -79,6 +79,9 @@ def test_runner_writes_nab_results_and_scores_them(
     with (results / "tiny/artificialWithAnomaly/tiny_spiky.csv").open() as f:
         values = np.array([float(r[2]) for r in list(csv.reader(f))[1:]])
     assert values[450:460].max() > 0.5 > values[300:440].max()
+    # the results are the served alarm: one detection for the spike, then its rest period is quiet
+    raised = 450 + int(np.argmax(values[450:460] >= 0.5))
+    assert values[raised + 1 : raised + 31].max() == 0.0
     assert summary["profiles"]["standard"]["tp"] == 1
 
 

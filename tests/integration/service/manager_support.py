@@ -182,6 +182,7 @@ def check_outputs(ref: Reference, events: list[Any], outputs: list[Any], fresh: 
         assert out.predicted_std == pytest.approx((np.exp(0.5 * log_var[t]) * spec.std).tolist(), rel=TOL)
         if t == 0 and fresh:
             assert out.score is None and out.probability is None and out.is_anomaly is None
+            assert out.alarm is None
             continue
         m, lv = mean[t - 1].astype(np.float64), log_var[t - 1].astype(np.float64)
         score = 0.5 * float(np.sum(math.log(2 * math.pi) + lv + (x[t] - m) ** 2 / np.exp(lv)))
@@ -192,3 +193,4 @@ def check_outputs(ref: Reference, events: list[Any], outputs: list[Any], fresh: 
         assert out.probability is not None
         assert out.probability == pytest.approx(warmup_probability(score, spec), abs=1e-4)
         assert out.is_anomaly == (out.probability >= 0.5)
+        assert out.alarm in (0.0, out.probability)  # 0 while resting after a raised alarm

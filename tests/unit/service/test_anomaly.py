@@ -224,6 +224,52 @@ def test_probability_takes_the_stronger_of_likelihood_and_range_novelty() -> Non
     assert probability.max() < 1.0
 
 
+def _alarm_of(hooks: SessionStats, probabilities: list[float], cuts: list[int]) -> list[float]:
+    """The alarm of one session whose readings had `probabilities`, in requests split at `cuts`, its
+    statistics stored between requests as float32 state (as the runner stores them)."""
+    stats, out = np.zeros((1, hooks.floats)), []
+    for lo, hi in itertools.pairwise([0, *cuts, len(probabilities)]):
+        rest = unpack(pack(stats, [np.zeros((1, 1, 128), np.float32)]), hooks.floats)
+        out.extend(hooks._alarm(np.array([probabilities[lo:hi]]), rest[:, hooks.rest_at])[0].tolist())
+        stats = rest
+    return out
+
+
+def test_alarm_rests_after_each_raised_alarm_against_hand_computed_cases() -> None:
+    hooks = SessionStats(1, online=True, mean=np.zeros(1), std=np.ones(1))
+    r = anomaly.REST
+    # red at 2 (raised), still red at 3 and r+2 (resting), red again at r+3 (rest over: raised again)
+    p = [0.1, 0.4, 0.6, 0.9] + [0.2] * (r - 2) + [0.7, 0.8, 0.3]
+    want = [0.1, 0.4, 0.6, 0.0] + [0.0] * (r - 2) + [0.0, 0.8, 0.0]
+    assert len(p) == len(want) == r + 5
+    for cuts in ([], [1], [3, 4], list(range(1, len(p)))):  # request sizes change nothing
+        assert _alarm_of(hooks, p, cuts) == want, cuts
+    # nothing predicted (NaN: a session's first reading) raises nothing and stays NaN
+    got = _alarm_of(hooks, [math.nan, 0.7, 0.9], [])
+    assert math.isnan(got[0]) and got[1:] == [0.7, 0.0]
+    # a probability just under the red alert raises nothing; a session saved before the alarm existed
+    # (0 in its slot) starts calm
+    assert _alarm_of(hooks, [0.499, 0.499, 0.5, 0.99], []) == [0.499, 0.499, 0.5, 0.0]
+
+
+def test_after_answers_the_alarm_of_its_probability() -> None:
+    rng = np.random.default_rng(5)
+    n = anomaly.WARMUP + 120
+    readings = (10 + rng.standard_normal(n))[:, None]
+    readings[n - 100 : n - 40] += 6.0  # a long anomalous stretch: red for many readings
+    hooks = SessionStats(1, online=True, mean=np.zeros(1), std=np.ones(1))
+    stats = np.zeros((1, hooks.floats))
+    x, carry = hooks.before(readings[None], stats)
+    preds = np.zeros((1, n, 1))
+    out = hooks.after([preds, preds, preds[:, 0], preds[:, 0]], x, stats, carry)
+    probability, alarm = out[3][0], out[6][0]
+    assert (probability[1:] >= 0.5).sum() > 3  # red for a while
+    assert _alarm_of(hooks, probability.tolist(), []) == pytest.approx(alarm.tolist(), nan_ok=True)
+    red = np.flatnonzero(alarm >= 0.5)
+    assert red.size >= 1 and np.all(np.diff(red) > anomaly.REST)  # alarms at least a rest apart
+    assert stats[0, hooks.rest_at] == max(0, anomaly.REST - (n - 1 - red[-1]))
+
+
 class DailyReference:
     """The daily profile of the module docs, for one stream and one reading at a time."""
 

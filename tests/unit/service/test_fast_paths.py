@@ -183,6 +183,7 @@ def test_encode_many_is_encode_of_each(registry: Registry, model: str, bodies: l
                 rng.random((b, t)),
                 rng.random((b, t)),
                 rng.random((b, t)),
+                rng.random((b, t)),  # score, probability, likelihood, surprise, alarm
             ]
             outputs[3][0, 0] = np.nan  # a first reading's NaN answers null
         else:

@@ -17,8 +17,22 @@ pytestmark = pytest.mark.unit
 
 # what API v1 answers for two readings of a new session, written out by hand
 ANSWERS: list[dict[str, Any]] = [
-    {"score": None, "probability": None, "is_anomaly": None, "likelihood": None, "surprise": None},
-    {"score": 4.25, "probability": 0.5, "is_anomaly": True, "likelihood": 0.99999, "surprise": 37.5},
+    {
+        "score": None,
+        "probability": None,
+        "is_anomaly": None,
+        "likelihood": None,
+        "surprise": None,
+        "alarm": None,
+    },
+    {
+        "score": 4.25,
+        "probability": 0.5,
+        "is_anomaly": True,
+        "likelihood": 0.99999,
+        "surprise": 37.5,
+        "alarm": 0.25,
+    },
 ]
 
 
@@ -35,6 +49,7 @@ def test_every_v1_field_has_its_output() -> None:
         ("PROBABILITY", "probability"),
         ("LIKELIHOOD", "likelihood"),
         ("SURPRISE", "surprise"),
+        ("ALARM", "alarm"),
     ):
         tensor = tensors[name]
         assert (tensor.datatype, tensor.shape) == ("FP32", [1, 2]), name

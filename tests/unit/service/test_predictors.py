@@ -173,7 +173,9 @@ def test_sensor_scores_against_the_prediction_one_step_before(registry: Registry
     prior_mean, prior_lv = np.zeros(3, np.float32), np.zeros(3, np.float32)
     outputs = [mean, log_var, prior_mean, prior_lv]
     out = predictor.encode(decoded, sensor_job(predictor, outputs, decoded.x, 0), seq_before=0)
-    assert all(out[0][k] is None for k in ("score", "probability", "is_anomaly", "likelihood", "surprise"))
+    assert all(
+        out[0][k] is None for k in ("score", "probability", "is_anomaly", "likelihood", "surprise", "alarm")
+    )
     x1 = np.array([1.0, 1.0, -1.0])
     want = 0.5 * sum(
         math.log(2 * math.pi) + lv + (x - m) ** 2 / math.exp(lv)
