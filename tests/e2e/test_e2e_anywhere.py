@@ -48,10 +48,13 @@ def test_installed_package_serves_the_shipped_models_from_any_directory(tmp_path
         models = httpx.get(f"{server.url}/v1/models").json()["models"]
         assert {(m["name"], m["version"]) for m in models} == {
             ("lm", "1"),
+            ("lm", "2"),
             ("sensor", "1"),
             ("sensor-fleet", "1"),
         }
-        sid = httpx.post(f"{server.url}/v1/sessions", json={"model": "lm"}).json()["session_id"]
+        created = httpx.post(f"{server.url}/v1/sessions", json={"model": "lm"}).json()
+        assert created["version"] == "2"  # the newest lm is the default; lm/1 serves sessions started on it
+        sid = created["session_id"]
         assert httpx.post(f"{server.url}/v1/sessions/{sid}/events", json={"text": "the"}).status_code == 200
     finally:
         assert server.stop() == 0, server.log()

@@ -39,7 +39,8 @@ REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
 # The shipped lm: one step takes ~1 ms, long enough that the other sessions' requests of a round arrive
 # while it runs and queue up. With a tiny model a step ends in ~50 us, before the next request is even
 # parsed, and whether any batch forms depends on how busy the machine is.
-LOCKSTEP_MODEL = REPO_MODELS / "lm" / "1"
+# Its newest version: the default one, which the test's sessions (created with the model's name) get.
+LOCKSTEP_MODEL = max((REPO_MODELS / "lm").iterdir(), key=lambda p: int(p.name))
 
 
 async def new_session(client: httpx.AsyncClient, model: str) -> str:
@@ -91,10 +92,10 @@ def run_interleaved(
         check(reference, events, outputs)
 
 
-def batch_stats(url: str, model: str) -> tuple[float, float, float]:
-    """(ONNX Runtime calls, session steps in them, calls of one session) of a model so far."""
+def batch_stats(url: str, model: str, version: str) -> tuple[float, float, float]:
+    """(ONNX Runtime calls, session steps in them, calls of one session) of a model version so far."""
     text = httpx.get(f"{url}/metrics").text
-    labels = f'{{model="{model}",version="1"}}'
+    labels = f'{{model="{model}",version="{version}"}}'
     return (
         metric_samples(text, "rnnserve_batch_size_count").get(labels, 0.0),
         metric_samples(text, "rnnserve_batch_size_sum").get(labels, 0.0),
@@ -116,7 +117,8 @@ def test_sessions_stepping_together_share_onnx_runtime_calls(start_server: Start
     model = reference.manifest.name
     rng = random.Random(5)
     events = [make_events(reference, rng, EVENTS) for _ in range(LOCKSTEP_SESSIONS)]
-    before = batch_stats(server.url, model)
+    version = reference.manifest.version
+    before = batch_stats(server.url, model, version)
 
     async def main() -> list[list[Any]]:
         """Each round's requests are all written before any answer is read: a plain HTTP/1.1 connection
@@ -153,7 +155,9 @@ def test_sessions_stepping_together_share_onnx_runtime_calls(start_server: Start
 
     for session_events, outputs in zip(events, asyncio.run(main()), strict=True):
         check(reference, session_events, outputs)
-    calls, steps, singles = (a - b for a, b in zip(batch_stats(server.url, model), before, strict=True))
+    calls, steps, singles = (
+        a - b for a, b in zip(batch_stats(server.url, model, version), before, strict=True)
+    )
     assert steps == LOCKSTEP_SESSIONS * EVENTS
     assert calls - singles > 0 and calls < steps, (calls, steps, singles)
     print(f"{model}: {steps:.0f} steps in {calls:.0f} calls ({singles:.0f} of one session)")
