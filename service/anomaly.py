@@ -104,6 +104,7 @@ MIN_COUNT = 3  # readings an hour needs before its readings are scored against i
 TOL = 0.05  # range novelty at the red alert: 5% of the seen range outside it (HTM's spatialTolerance)
 A_NOVEL_MAX = 1e6  # cap on range novelty's and calibration's a: probability stays below 1 in float64
 RED = 5.0  # -log10 of the tail at which probability = 0.5 (nupic's red alert: likelihood 0.99999)
+ALERT = 0.5  # probability at the red alert (a = RED): is_anomaly, and an alarm is raised
 REST = 30  # readings after a raised alarm that raise none (CAD OSE's restPeriod)
 _LOG10 = math.log(10.0)
 _LOG_2PI = math.log(2 * math.pi)
@@ -348,9 +349,10 @@ class SessionStats:
         (module docs); `rest` [B] (readings of rest left, a view) is updated in place."""
         alarm = probability.copy()
         for t in range(probability.shape[1]):
+            # NaN (nothing predicted: a session's first reading, never resting) raises nothing
             resting = rest > 0
-            alarm[resting, t] = np.where(np.isnan(probability[resting, t]), np.nan, 0.0)
-            raised = ~resting & (probability[:, t] >= 0.5)  # NaN (nothing predicted) raises nothing
+            alarm[resting, t] = 0.0
+            raised = ~resting & (probability[:, t] >= ALERT)
             rest[:] = np.where(raised, REST, np.maximum(rest - 1, 0))
         return alarm
 

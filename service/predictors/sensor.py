@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from service import schemas
-from service.anomaly import SessionStats
+from service.anomaly import ALERT, SessionStats
 from service.daytime import hours_of
 from service.errors import InvalidInput
 from service.metrics import Metrics
@@ -275,7 +275,7 @@ class SensorPredictor:
         """One step's outputs from its rows of the derived arrays (as lists), and how many it flags;
         `first`: the step starts the session (its first reading has no prediction)."""
         predicted_mean, predicted_std, score, probability, likelihood, surprise, alarm = rows
-        flagged: list[bool | None] = [p >= 0.5 for p in probability]
+        flagged: list[bool | None] = [p >= ALERT for p in probability]
         if first:  # nothing was predicted before a session's first reading
             score[0] = probability[0] = flagged[0] = likelihood[0] = surprise[0] = alarm[0] = None
         count = flagged.count(True)

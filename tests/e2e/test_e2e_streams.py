@@ -29,6 +29,7 @@ from e2e_support import (
 
 from benchmarks.http1 import Http1Connection
 from service.predictors.detok import detokenize
+from service.registry import version_key
 
 pytestmark = pytest.mark.e2e
 
@@ -39,8 +40,8 @@ REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
 # The shipped lm: one step takes ~1 ms, long enough that the other sessions' requests of a round arrive
 # while it runs and queue up. With a tiny model a step ends in ~50 us, before the next request is even
 # parsed, and whether any batch forms depends on how busy the machine is.
-# Its newest version: the default one, which the test's sessions (created with the model's name) get.
-LOCKSTEP_MODEL = max((REPO_MODELS / "lm").iterdir(), key=lambda p: int(p.name))
+# Its default version, in the registry's own order, which the test's sessions (created by name) get.
+LOCKSTEP_MODEL = max((REPO_MODELS / "lm").iterdir(), key=lambda p: version_key(p.name))
 
 
 async def new_session(client: httpx.AsyncClient, model: str) -> str:
