@@ -12,8 +12,8 @@ model and the session statistics are causal, so a reading's answer depends only 
 it; a request of CHUNK readings answers what CHUNK one-reading requests would, up to the float32 rounding
 of the statistics stored between requests), one set of parameters for all files, labels never reach the
 detector. The anomaly score is the served `alarm` (`probability`, quiet for the rest period after each
-raised alarm: one detection per anomalous episode, as an operator is paged); a session's first reading,
-which nothing predicted, scores 0.
+raised alarm but for escalations: one detection per anomalous episode, and another where it gets much
+worse, as an operator is paged); a session's first reading, which nothing predicted, scores 0.
 """
 
 from __future__ import annotations

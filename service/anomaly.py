@@ -38,8 +38,14 @@ Alarm (CAD OSE's rest period, Smirnov 2016, second on NAB's scoreboard): an anom
 `probability` high for many readings, and an operator wants one page per episode, not one per reading.
 `alarm` is `probability` except during the REST readings after a reading whose alarm was raised
 (probability >= 0.5, the red alert), when it is 0: the first red reading of an episode is reported, the
-episode's next REST readings are not, and a stretch still red after them is reported again. One float
-per session: the readings of rest left (0: none, so a session saved before it existed starts calm).
+episode's next REST readings are not, and a stretch still red after them is reported again. One
+exception, escalation: the red alert raises an episode's page on its first red reading, often weak
+evidence (a just past RED), and the episode's strongest evidence tends to come a few readings later;
+a rest that swallowed it would report the episode at its weakest. So a resting reading whose evidence
+a reaches ESCALATE times that of the episode's last page (its tail the square of that page's, for
+ESCALATE = 2) is reported too, and sets the bar for the next escalation; the rest runs on from the
+raise. Two floats per session: the readings of rest left, and the evidence the next escalation needs
+(0: none, so a session saved before either existed starts calm).
 
 Training's calibration: a model trained on this sensor's own history (fixed normalisation) has a
 calibration of its raw score from training, whose evidence is RED * exp((score - center) / scale) (it
@@ -77,6 +83,7 @@ restores, the SIGTERM file, the Redis store and exactly-once replays carry it wi
            D+HOURS+2HOURS*F the daily surprises' likelihood: scored count, long-term mean and variance,
                             ring of the last WINDOW (as at 2F+1)
            A = D+HOURS+2HOURS*F+3+WINDOW  readings of the alarm's rest period left
+           A+1              the evidence an escalation needs during that rest (0: none)
 """
 
 from __future__ import annotations
@@ -106,13 +113,14 @@ A_NOVEL_MAX = 1e6  # cap on range novelty's and calibration's a: probability sta
 RED = 5.0  # -log10 of the tail at which probability = 0.5 (nupic's red alert: likelihood 0.99999)
 ALERT = 0.5  # probability at the red alert (a = RED): is_anomaly, and an alarm is raised
 REST = 30  # readings after a raised alarm that raise none (CAD OSE's restPeriod)
+ESCALATE = 2.0  # during a rest, evidence this many times the last page's pages again (its tail squared)
 _LOG10 = math.log(10.0)
 _LOG_2PI = math.log(2 * math.pi)
 
 
 def stats_floats(features: int) -> int:
     """float values of one session's statistics for a model of `features` features (layout above)."""
-    return 4 * features + 5 + WINDOW + HOURS * (1 + 2 * features) + 3 + WINDOW + 1
+    return 4 * features + 5 + WINDOW + HOURS * (1 + 2 * features) + 3 + WINDOW + 2
 
 
 def aux_tensors(floats: int, layers: int, hidden: int) -> int:
@@ -325,13 +333,14 @@ class SessionStats:
         log10_q = self._track(surprise, stats[:, k : k + 3 + WINDOW])
         likelihood = 1.0 - 10.0**log10_q
         if self.labelled:  # training's threshold, chosen on this sensor's labelled anomalies, decides
-            evidence = self._calibrated(score, carry.seen)
-            probability = np.where(np.isnan(log10_q), np.nan, probability_from_tail(-evidence))
+            a = np.where(np.isnan(log10_q), np.nan, self._calibrated(score, carry.seen))
         else:  # whichever is the strongest evidence: the likelihood, the range novelty, the daily profile
             evidence = np.maximum(carry.novelty, carry.daily)
             if self.calibration is not None:
                 evidence = np.maximum(evidence, self._calibrated(score, carry.seen))
-            probability = probability_from_tail(-np.maximum(-log10_q, evidence))
+            a = np.maximum(-log10_q, evidence)
+        a = np.maximum(a, 0.0)  # the evidence on the -log10 tail scale (NaN: nothing predicted)
+        probability = probability_from_tail(-a)
         centre, scale = carry.centre[:, 1:], carry.scale[:, 1:]
         return [
             mean * scale + centre,
@@ -340,19 +349,25 @@ class SessionStats:
             probability,
             likelihood,
             surprise,
-            self._alarm(probability, stats[:, self.rest_at]),
+            self._alarm(probability, a, stats[:, self.rest_at : self.rest_at + 2]),
         ]
 
     @staticmethod
-    def _alarm(probability: np.ndarray, rest: np.ndarray) -> np.ndarray:
-        """`probability` [B, T] -> the alarm [B, T]: 0 during the REST readings after a raised alarm
-        (module docs); `rest` [B] (readings of rest left, a view) is updated in place."""
+    def _alarm(probability: np.ndarray, a: np.ndarray, block: np.ndarray) -> np.ndarray:
+        """`probability` [B, T] and its evidence `a` [B, T] -> the alarm [B, T]: 0 during the REST readings
+        after a raised alarm, but for escalations (module docs); `block` [B, 2] (readings of rest left,
+        the evidence the next escalation needs; a view) is updated in place."""
         alarm = probability.copy()
+        rest, bar = block[:, 0], block[:, 1]
         for t in range(probability.shape[1]):
             # NaN (nothing predicted: a session's first reading, never resting) raises nothing
             resting = rest > 0
-            alarm[resting, t] = 0.0
+            escalated = resting & (bar > 0) & (a[:, t] >= bar)
+            alarm[resting & ~escalated, t] = 0.0
             raised = ~resting & (probability[:, t] >= ALERT)
+            paged = raised | escalated
+            # the bar as it is stored (float32 state): a request's split changes no comparison
+            bar[paged] = (ESCALATE * a[paged, t]).astype(np.float32)
             rest[:] = np.where(raised, REST, np.maximum(rest - 1, 0))
         return alarm
 

@@ -214,7 +214,9 @@ class SensorOutput(BaseModel):
         default=None,
         description="`probability`, except 0 during the 30 readings after a reading that raised an alarm "
         "(probability >= 0.5): one alarm per anomalous episode, a stretch still red after 30 readings "
-        "alarms again (CAD OSE's rest period). Page on it, with the same threshold as `probability`",
+        "alarms again (CAD OSE's rest period); during the rest a reading whose evidence (-log10 tail) is "
+        "at least twice that of the episode's last alarm escalates (is reported). Page on it, with the "
+        "same threshold as `probability`",
     )
     predicted_mean: list[float]
     predicted_std: list[float]

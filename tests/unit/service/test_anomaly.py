@@ -224,32 +224,79 @@ def test_probability_takes_the_stronger_of_likelihood_and_range_novelty() -> Non
     assert probability.max() < 1.0
 
 
-def _alarm_of(hooks: SessionStats, probabilities: list[float], cuts: list[int]) -> list[float]:
+def _evidence(probability: list[float] | np.ndarray) -> np.ndarray:
+    """The evidence a behind a probability a / (a + RED) (NaN stays NaN)."""
+    p = np.asarray(probability, np.float64)
+    return anomaly.RED * p / (1.0 - p)
+
+
+def _alarm_of(
+    hooks: SessionStats, probabilities: list[float], cuts: list[int], saved: tuple[float, float] = (0, 0)
+) -> list[float]:
     """The alarm of one session whose readings had `probabilities`, in requests split at `cuts`, its
-    statistics stored between requests as float32 state (as the runner stores them)."""
+    statistics stored between requests as float32 state (as the runner stores them); `saved`: the
+    session's (rest left, escalation bar) before its first request."""
     stats, out = np.zeros((1, hooks.floats)), []
+    stats[0, hooks.rest_at : hooks.rest_at + 2] = saved
     for lo, hi in itertools.pairwise([0, *cuts, len(probabilities)]):
-        rest = unpack(pack(stats, [np.zeros((1, 1, 128), np.float32)]), hooks.floats)
-        out.extend(hooks._alarm(np.array([probabilities[lo:hi]]), rest[:, hooks.rest_at])[0].tolist())
-        stats = rest
+        stored = unpack(pack(stats, [np.zeros((1, 1, 128), np.float32)]), hooks.floats)
+        p = np.array([probabilities[lo:hi]])
+        out.extend(hooks._alarm(p, _evidence(p), stored[:, hooks.rest_at : hooks.rest_at + 2])[0].tolist())
+        stats = stored
     return out
 
 
 def test_alarm_rests_after_each_raised_alarm_against_hand_computed_cases() -> None:
     hooks = SessionStats(1, online=True, mean=np.zeros(1), std=np.ones(1))
     r = anomaly.REST
-    # red at 2 (raised), still red at 3 and r+2 (resting), red again at r+3 (rest over: raised again)
-    p = [0.1, 0.4, 0.6, 0.9] + [0.2] * (r - 2) + [0.7, 0.8, 0.3]
+    # red at 2 (raised: a = 7.5), still red at 3 (a = 11.7, under twice 7.5) and r+2 (resting), red again
+    # at r+3 (rest over: raised again)
+    p = [0.1, 0.4, 0.6, 0.7] + [0.2] * (r - 2) + [0.7, 0.8, 0.3]
     want = [0.1, 0.4, 0.6, 0.0] + [0.0] * (r - 2) + [0.0, 0.8, 0.0]
     assert len(p) == len(want) == r + 5
     for cuts in ([], [1], [3, 4], list(range(1, len(p)))):  # request sizes change nothing
         assert _alarm_of(hooks, p, cuts) == want, cuts
     # nothing predicted (NaN: a session's first reading) raises nothing and stays NaN
-    got = _alarm_of(hooks, [math.nan, 0.7, 0.9], [])
+    got = _alarm_of(hooks, [math.nan, 0.7, 0.65], [])
     assert math.isnan(got[0]) and got[1:] == [0.7, 0.0]
     # a probability just under the red alert raises nothing; a session saved before the alarm existed
-    # (0 in its slot) starts calm
-    assert _alarm_of(hooks, [0.499, 0.499, 0.5, 0.99], []) == [0.499, 0.499, 0.5, 0.0]
+    # (0 in its slots) starts calm
+    assert _alarm_of(hooks, [0.499, 0.499, 0.5, 0.55], []) == [0.499, 0.499, 0.5, 0.0]
+
+
+def test_alarm_escalates_within_a_rest_when_the_evidence_doubles() -> None:
+    hooks = SessionStats(1, online=True, mean=np.zeros(1), std=np.ones(1))
+    r = anomaly.REST
+    assert anomaly.ESCALATE == 2.0  # the hand-computed bars below
+    # evidence a = 5 p / (1 - p): 5 (raised; the bar 10), 8.33 (resting), 11 (>= 10: escalated, bar 22),
+    # 21.7 (resting), 45 (>= 22: escalated, bar 90), 15 (resting), 0.26 ..., 6.1 (the rest's last
+    # reading: resting), 6.1 (the rest is over: raised)
+    p = [0.5, 0.625, 0.6875, 0.8125, 0.9, 0.75] + [0.05] * (r - 6) + [0.55, 0.55]
+    want = [0.5, 0.0, 0.6875, 0.0, 0.9, 0.0] + [0.0] * (r - 6) + [0.0, 0.55]  # r readings rest
+    for cuts in ([], [2], [3, 5], list(range(1, len(p)))):  # the bar survives the float32 state
+        assert _alarm_of(hooks, p, cuts) == want, cuts
+    # the rest runs from the raise, not from an escalation: reading r + 1 after the raise raises anew
+    assert _alarm_of(hooks, [0.5, 0.9] + [0.05] * (r - 1) + [0.55], [])[-2:] == [0.0, 0.55]
+    # a session saved mid-rest before escalation existed (a bar of 0) rests without escalating
+    assert _alarm_of(hooks, [0.99, 0.999, 0.99], [], saved=(2, 0)) == [0.0, 0.0, 0.99]
+
+
+def _pages(alarm: np.ndarray, probability: np.ndarray) -> tuple[list[int], list[int]]:
+    """The pages (alarm >= ALERT) that raised an alarm and those that escalated one, from the reported
+    `alarm` alone; a page within REST readings after a raise must have twice the evidence of the
+    episode's page before it."""
+    raised: list[int] = []
+    escalated: list[int] = []
+    last_a = 0.0
+    for t in np.flatnonzero(alarm >= anomaly.ALERT):
+        a = float(_evidence([probability[t]])[0])
+        if raised and t - raised[-1] <= anomaly.REST:
+            assert a >= anomaly.ESCALATE * last_a * (1 - 1e-6), (t, a, last_a)
+            escalated.append(int(t))
+        else:
+            raised.append(int(t))
+        last_a = a
+    return raised, escalated
 
 
 def test_after_answers_the_alarm_of_its_probability() -> None:
@@ -265,9 +312,9 @@ def test_after_answers_the_alarm_of_its_probability() -> None:
     probability, alarm = out[3][0], out[6][0]
     assert (probability[1:] >= 0.5).sum() > 3  # red for a while
     assert _alarm_of(hooks, probability.tolist(), []) == pytest.approx(alarm.tolist(), nan_ok=True)
-    red = np.flatnonzero(alarm >= 0.5)
-    assert red.size >= 1 and np.all(np.diff(red) > anomaly.REST)  # alarms at least a rest apart
-    assert stats[0, hooks.rest_at] == max(0, anomaly.REST - (n - 1 - red[-1]))
+    raised, _ = _pages(np.nan_to_num(alarm), probability)
+    assert raised and np.all(np.diff(raised) > anomaly.REST)  # raised alarms at least a rest apart
+    assert stats[0, hooks.rest_at] == max(0, anomaly.REST - (n - 1 - raised[-1]))
 
 
 class DailyReference:
