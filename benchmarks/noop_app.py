@@ -4,6 +4,10 @@
   microseconds per request, so its rate is close to what the client itself can drive on this machine.
 - `fastapi`: the same routes as the service on FastAPI + uvicorn, doing nothing: the most any FastAPI
   server could do here, whatever its model.
+- `asgi`: a bare ASGI app (no Starlette) on uvicorn with the service's own protocol settings, answering
+  every request and WebSocket message with a canned answer (and `POST /v1/sessions` with a fresh id):
+  what uvicorn, its HTTP parser, the WebSocket protocol and the event loop cost per message before
+  any application code, the floor under the service's per-session routes (`benchmarks.cost --floor`).
 
     python -m benchmarks.noop_app --kind raw --port 8001
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 from typing import Any, cast
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
@@ -78,17 +83,45 @@ def fastapi_app() -> FastAPI:
     return app
 
 
+async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The `asgi` kind: the least an ASGI application can do per request and per message."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+    elif scope["type"] == "http":
+        while (await receive()).get("more_body"):
+            pass
+        created = scope["method"] == "POST" and scope["path"] == "/v1/sessions"
+        body = b'{"session_id":"%s"}' % secrets.token_hex(16).encode() if created else ANSWER
+        headers = [(b"content-type", b"application/json")]
+        if scope["path"] == "/metrics":  # no histograms: an empty exposition
+            body, headers = b"", [(b"content-type", b"text/plain; version=0.0.4")]
+        await send({"type": "http.response.start", "status": 201 if created else 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    elif scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        text = ANSWER.decode()
+        while (await receive())["type"] != "websocket.disconnect":
+            await send({"type": "websocket.send", "text": text})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--kind", choices=("raw", "fastapi"), default="raw")
+    parser.add_argument("--kind", choices=("raw", "fastapi", "asgi"), default="raw")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    if args.kind == "fastapi":
+    if args.kind in ("fastapi", "asgi"):
         import uvicorn
 
-        uvicorn.run(fastapi_app(), host="127.0.0.1", port=args.port, log_level="warning", backlog=4096)
+        app: Any = fastapi_app() if args.kind == "fastapi" else asgi_app
+        # the service's own protocol settings (service.cli): no access log, default http/ws/loop
+        uvicorn.run(
+            app, host="127.0.0.1", port=args.port, log_level="warning", backlog=4096, access_log=False
+        )
         return
     try:
         import uvloop
