@@ -28,6 +28,7 @@ from service.predictors.base import (
     validate,
 )
 from service.predictors.detok import detokenize
+from service.predictors.topk import top_k
 from service.registry import LoadedModel
 from service.runner import StepResult
 from service.settings import Settings
@@ -282,52 +283,6 @@ def _plain_events(payload: dict[str, object]) -> _Plain | None:
         # text the answer cannot echo (lone surrogates, control characters): the schema words the 422
         return (seq, tokens, None, top_k, special) if schemas.is_text(" ".join(tokens)) else None
     return (seq, None, text, top_k, special) if type(text) is str and schemas.is_text(text) else None
-
-
-_BLOCKS = 64  # the columns are dealt into this many strided blocks to find a row's top-k threshold
-
-
-def top_k(log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k most likely ids of log_probs [..., V] (ties: the lower id first) and their probabilities.
-
-    Vectorised over all rows at once, with no selection over each row's V values: deal a row's columns
-    into C groups (column j goes to group j % C); the k-th largest of the C group maxima is a threshold
-    that at least k values reach (those k maxima), so the row's top k all lie at or above it, and only
-    the few values there are sorted. Rows are [N, V] below.
-    """
-    lead, vocab = log_probs.shape[:-1], log_probs.shape[-1]
-    k = min(k, vocab)
-    if k <= 0:
-        return np.zeros((*lead, 0), np.intp), np.zeros((*lead, 0))
-    flat = log_probs.reshape(-1, vocab)  # [N, V]
-    rows = flat.shape[0]
-    groups = vocab // _BLOCKS
-    if groups >= k:
-        maxima = _column_group_maxima(flat, groups)  # [N, C]
-        threshold = np.partition(maxima, groups - k, axis=1)[:, groups - k]  # [N]
-    else:  # few columns or a large k: the k-th largest value itself
-        threshold = np.partition(flat, vocab - k, axis=1)[:, vocab - k]
-    where = np.flatnonzero(flat >= threshold[:, None])  # ascending: by row, then by id
-    row, col = np.divmod(where, vocab)
-    values = flat.ravel()[where]
-    order = np.lexsort((-values, row))  # stable: by row, most likely first, then the lower id
-    counts = np.bincount(row, minlength=rows)  # >= k in every row
-    first = np.cumsum(counts) - counts  # [N]
-    pick = order[first[:, None] + np.arange(k)]  # [N, k]
-    top = col[pick].reshape(*lead, k)
-    probs = np.exp(values[pick].astype(np.float64)).reshape(*lead, k)
-    return top, probs
-
-
-def _column_group_maxima(flat: np.ndarray, groups: int) -> np.ndarray:
-    """[N, C]: each row's maximum over the columns j < _BLOCKS * C with j % C == c, folded one block of
-    C contiguous columns at a time (flat[:, :B*C].reshape(N, B, C).max(axis=1) gives the same, but
-    copies the slice and reduces across a strided axis: 10.8 against 3.8 us per row at 512 rows of
-    10,000, the largest cost of serving an lm step after the model itself)."""
-    maxima = flat[:, :groups].copy()
-    for block in range(1, _BLOCKS):
-        np.maximum(maxima, flat[:, block * groups : (block + 1) * groups], out=maxima)
-    return maxima
 
 
 def sample(log_probs: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> int:

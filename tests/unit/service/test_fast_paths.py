@@ -14,7 +14,7 @@ from service.predictors import LmPredictor, SensorPredictor, make_predictor
 from service.predictors import lm as lm_module
 from service.predictors import sensor as sensor_module
 from service.predictors.base import Decoded
-from service.predictors.lm import top_k
+from service.predictors.topk import top_k
 from service.registry import Registry
 from service.runner import StepResult
 from service.settings import Settings
@@ -32,7 +32,7 @@ def reference_top_k(log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
     return ids.reshape(*log_probs.shape[:-1], k), probs.reshape(*log_probs.shape[:-1], k)
 
 
-@pytest.mark.parametrize("vocab", [1, 7, 64, 130, 1000, 10_000])
+@pytest.mark.parametrize("vocab", [1, 7, 64, 130, 640, 1000, 10_000])
 def test_top_k_equals_a_full_sort(vocab: int) -> None:
     rng = np.random.default_rng(vocab)
     for trial in range(12):
@@ -41,12 +41,28 @@ def test_top_k_equals_a_full_sort(vocab: int) -> None:
             log_probs = np.round(log_probs, 1)  # many ties
         if trial % 4 == 0:
             log_probs[..., : vocab // 2] = -np.inf  # masked columns
-        for k in sorted({1, 2, 5, vocab // 3, vocab, vocab + 2} - {0}):
+        if trial % 6 == 1:
+            log_probs[0, 0] = -0.0  # a row of ties between 0.0 and -0.0
+            log_probs[0, 1, ::3] = 0.0
+        if trial == 5:
+            log_probs = log_probs.astype(np.float64)  # not the graphs' float32: the plain sort
+        for k in sorted({1, 2, 5, vocab // 64, vocab // 64 + 1, vocab // 3, vocab, vocab + 2} - {0}):
             ids, probs = top_k(log_probs, k)
             want_ids, want_probs = reference_top_k(log_probs, min(k, vocab))
             assert np.array_equal(ids, want_ids), (trial, k)
             assert np.array_equal(probs, want_probs), (trial, k)
     assert top_k(np.zeros((2, 5), np.float32), 0)[0].shape == (2, 0)
+
+
+def test_top_k_equals_a_full_sort_on_word_distributions() -> None:
+    """Rows like a language model's: a few likely words, a long tail; the rows of a bulk batch."""
+    rng = np.random.default_rng(11)
+    log_probs = np.log(rng.dirichlet(np.full(10_000, 0.2), 96)).astype(np.float32)  # [N, V]
+    log_probs[7, 4000:4010] = log_probs[7].max()  # ten ties for the first place
+    for k in (1, 5, 7, 40):
+        ids, probs = top_k(log_probs, k)
+        want_ids, want_probs = reference_top_k(log_probs, k)
+        assert np.array_equal(ids, want_ids) and np.array_equal(probs, want_probs), k
 
 
 @pytest.fixture(scope="module")
