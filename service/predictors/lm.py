@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from service import schemas
 from service.errors import InvalidInput
@@ -28,6 +29,7 @@ from service.predictors.base import (
     validate,
 )
 from service.predictors.detok import detokenize
+from service.predictors.jsonout import arrays, fill, numbers
 from service.predictors.topk import top_k
 from service.registry import LoadedModel
 from service.runner import StepResult
@@ -57,6 +59,7 @@ class LmPredictor:
         self.eos_id = self.index[spec.eos_token]
         self.special_ids = (self.unk_id, self.eos_id)
         self.vocab_array = np.array(self.vocab, dtype=object)  # id -> word, for a whole batch at once
+        self.vocab_json = np.array([orjson.dumps(w) for w in self.vocab], dtype=object)  # id -> its JSON
         self.pattern = re.compile(spec.tokenizer.pattern)
         self.lowercase = spec.tokenizer.lowercase
         self.settings = settings
@@ -164,20 +167,60 @@ class LmPredictor:
             for j, (context, before) in enumerate(zip(group.contexts, seq_before, strict=True))
         ]
 
+    def encode_many_json(
+        self, group: DecodedMany, outputs: list[np.ndarray], seq_before: list[int]
+    ) -> list[bytes]:
+        """encode_many's answers as JSON, each step's outputs list exactly as orjson writes it, from the
+        batch's arrays: each event's values gathered into one row of pieces of JSON (numbers by one
+        orjson pass, words from the vocabulary's JSON) and written by one %-format, with no dict per
+        event and per suggestion and no list of floats (3x less than encode_many and orjson)."""
+        _, _, came, top_ids, top_probs = outputs  # [B, T], [B, T, k'], [B, T, k']
+        contexts, (steps, t) = group.contexts, came.shape
+        top_ids, top_probs = self._ranked(top_ids, top_probs, contexts)
+        ids = group.x.reshape(-1)  # [N = B * T], as are the pieces below
+        unknown = np.concatenate([c.unknown for c in contexts])
+        tokens = self.vocab_json[ids]  # a known word is its vocabulary entry
+        for n in np.flatnonzero(unknown).tolist():
+            tokens[n] = orjson.dumps(contexts[n // t].tokens[n % t])
+        logprob = np.array(numbers(came), dtype=object)
+        starts = [j * t for j, before in enumerate(seq_before) if before == 0]
+        logprob[starts] = b"null"  # a session's first word: predicted by nothing
+        head = np.empty((steps * t, 4), dtype=object)  # token, token_id, unknown, logprob
+        head[:, 0], head[:, 1], head[:, 3] = tokens, ids, logprob
+        head[:, 2] = np.where(unknown, b"true", b"false")
+        wanted = np.repeat(np.fromiter((c.top_k for c in contexts), np.intp, steps), t)  # [N]
+        top_ids, top_probs = (a.reshape(steps * t, a.shape[-1]) for a in (top_ids, top_probs))  # [N, k']
+        events = np.empty(steps * t, dtype=object)
+        for k in np.unique(wanted).tolist():
+            at = np.flatnonzero(wanted == k)
+            row = np.empty((len(at), 4 + 2 * k), dtype=object)
+            row[:, :4] = head[at]
+            row[:, 4::2] = self.vocab_json[top_ids[at, :k]]
+            row[:, 5::2] = np.array(numbers(top_probs[at, :k]), dtype=object).reshape(len(at), k)
+            events[at] = fill(_event_json(k), row.tolist())
+        return arrays(events.tolist(), t)
+
     def _suggestions(
         self, top_ids: np.ndarray, top_probs: np.ndarray, contexts: Sequence[LmContext]
     ) -> tuple[list[Any], list[Any]]:
-        """The candidates [B, T, k'] as nested lists of words and probabilities, most likely first, with
-        `<unk>` and `<eos>` moved behind the others in the rows whose request leaves them out (k' counts
-        them in: the first top_k of such a row are the top_k others). One pass over the batch's arrays,
-        not a list per event."""
+        """The candidates [B, T, k'] as nested lists of words and probabilities (`_ranked`). One pass
+        over the batch's arrays, not a list per event."""
+        top_ids, top_probs = self._ranked(top_ids, top_probs, contexts)
+        return self.vocab_array[top_ids].tolist(), top_probs.tolist()
+
+    def _ranked(
+        self, top_ids: np.ndarray, top_probs: np.ndarray, contexts: Sequence[LmContext]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates [B, T, k'], most likely first, with `<unk>` and `<eos>` moved behind the others
+        in the rows whose request leaves them out (k' counts them in: the first top_k of such a row are
+        the top_k others)."""
         leave_out = np.fromiter((not c.include_special for c in contexts), bool, len(contexts))
         special = np.isin(top_ids, self.special_ids) & leave_out[:, None, None]
         if special.any():
             order = np.argsort(special, axis=-1, kind="stable")  # the others keep their order
             top_ids = np.take_along_axis(top_ids, order, axis=-1)
             top_probs = np.take_along_axis(top_probs, order, axis=-1)
-        return self.vocab_array[top_ids].tolist(), top_probs.tolist()
+        return top_ids, top_probs
 
     def _outputs(
         self,
@@ -255,6 +298,13 @@ class LmPredictor:
         """The tokens as the model sees them, and as readable text."""
         tokens = [self.vocab[i] for i in ids]
         return tokens, detokenize(tokens, self.vocab[self.eos_id])
+
+
+def _event_json(k: int) -> bytes:
+    """The %-template of one event's output with k suggestions, as orjson writes `_outputs`'s dicts:
+    token, token_id (%d), unknown, logprob, then each suggestion's token and prob (JSON pieces)."""
+    suggestions = b",".join([b'{"token":%s,"prob":%s}'] * k)
+    return b'{"token":%s,"token_id":%d,"unknown":%s,"logprob":%s,"next":[' + suggestions + b"]}"
 
 
 _EVENTS_KEYS = frozenset(("seq", "tokens", "text", "top_k", "include_special"))

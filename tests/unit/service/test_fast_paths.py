@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from service.errors import ServiceError
@@ -18,7 +19,7 @@ from service.predictors.topk import top_k
 from service.registry import Registry
 from service.runner import StepResult
 from service.settings import Settings
-from service.stepping import answer_body
+from service.stepping import answer_body, answer_json
 
 pytestmark = pytest.mark.unit
 
@@ -215,3 +216,41 @@ def test_encode_many_is_encode_of_each(registry: Registry, model: str, bodies: l
             result = StepResult([a[j] for a in outputs], before[j] + t, None)
             alone = predictor.encode(decoded, result, before[j])
             assert answer_body(result.seq, many[j]) == answer_body(result.seq, alone), (j, before[j])
+
+
+# words the answer echoes as the request spelled them: JSON escapes, non-ASCII, the specials themselves
+ODD_WORDS = ['say "hi"', "back\\slash", "caf\u00e9", "\U0001f600", "\u2028", "<unk>", "<eos>", "W3", ""]
+
+
+def test_lm_encode_many_json_is_encode_many_in_orjson(registry: Registry) -> None:
+    """The JSON lm bulk answers are built from (encode_many_json) is byte for byte orjson's encoding of
+    encode_many's objects: steps of 1 to 3 events, top_k 0 to past the vocabulary, with and without
+    the specials, unknown and odd words, sessions at seq 0 and later, -inf and NaN log-probs."""
+    predictor = make_predictor(registry.get("lm-gru"), Settings(snapshot_path=None, max_top_k=64))
+    assert isinstance(predictor, LmPredictor)
+    rng = np.random.default_rng(8)
+    words = [*predictor.vocab, *ODD_WORDS]
+    bodies = [
+        {
+            "tokens": [str(rng.choice(words)) for _ in range(1 + n % 3)],
+            "top_k": int(rng.choice([0, 1, 2, 5, 9, 64])),
+            "include_special": bool(n % 4 == 0),
+        }
+        for n in range(60)
+    ]
+    groups, rest = predictor.decode_many(bodies)
+    assert len(groups) == 3 and not rest
+    vocab = len(predictor.vocab)
+    for group in groups:
+        b, t = len(group.index), group.events
+        log_probs = np.log(rng.dirichlet(np.ones(vocab), (b, t))).astype(np.float32)
+        log_probs[:, :, predictor.special_ids[rng.integers(2)]] = 0.0
+        log_probs[0, :, group.x[1, 0]] = -np.inf  # a word the model ruled out
+        prior = log_probs[:, 0].copy()
+        prior[2, group.x[2, 0]] = np.nan
+        outputs = predictor.postprocess([log_probs, prior], group.x, group.params)
+        before = [int(v) for v in rng.integers(0, 3, b)]
+        objects = predictor.encode_many(group, outputs, before)
+        built = predictor.encode_many_json(group, outputs, before)
+        assert built == [orjson.dumps(o) for o in objects]
+        assert [answer_json(7, o) for o in built] == [answer_body(7, o) for o in objects]
