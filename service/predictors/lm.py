@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -98,11 +99,13 @@ class LmPredictor:
         return [self._group(members) for members in groups.values()], rest
 
     def _group(self, members: list[tuple[int, _Plain, list[str]]]) -> DecodedMany:
-        index, get, unk = self.index, self.index.get, self.unk_id
+        index, unk = self.index, self.unk_id
         words = [t for _, _, tokens in members for t in tokens]
         shape = (len(members), len(words) // len(members))
-        ids = np.array([get(t, unk) for t in words], np.int64).reshape(shape)  # [B, T]
-        unknown = np.array([t not in index for t in words], bool).reshape(shape)
+        ids = np.fromiter(map(index.get, words, repeat(unk)), np.int64, len(words)).reshape(shape)  # [B, T]
+        unknown = ids == unk  # each word looked up as <unk> asked again: it may be the word `<unk>` itself
+        for n in np.flatnonzero(unknown).tolist():
+            unknown.flat[n] = words[n] not in index
         self._count_unknown(unknown)
         requests = [self._request(plain, tokens, unknown[j]) for j, (_, plain, tokens) in enumerate(members)]
         return DecodedMany(
@@ -215,7 +218,7 @@ class LmPredictor:
         in the rows whose request leaves them out (k' counts them in: the first top_k of such a row are
         the top_k others)."""
         leave_out = np.fromiter((not c.include_special for c in contexts), bool, len(contexts))
-        special = np.isin(top_ids, self.special_ids) & leave_out[:, None, None]
+        special = ((top_ids == self.unk_id) | (top_ids == self.eos_id)) & leave_out[:, None, None]
         if special.any():
             order = np.argsort(special, axis=-1, kind="stable")  # the others keep their order
             top_ids = np.take_along_axis(top_ids, order, axis=-1)

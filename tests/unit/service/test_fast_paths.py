@@ -137,7 +137,12 @@ def test_plain_bodies_decode_as_the_schema_decodes_them(
 
 
 # bulk ingest: plain steps of several event counts, mixed with the odd ones `decode` must answer alone
-MANY_LM: list[Any] = [*LM_BODIES, {"tokens": ["w3", "w1"], "seq": 0}, {"text": "w2 zz", "top_k": 9}]
+MANY_LM: list[Any] = [
+    *LM_BODIES,
+    {"tokens": ["w3", "w1"], "seq": 0},
+    {"text": "w2 zz", "top_k": 9},
+    {"tokens": ["<unk>", "zz", "w2"]},  # the word <unk> itself is known
+]
 MANY_SENSOR: list[Any] = [
     *SENSOR_BODIES,
     {"readings": [[1e30, 2.0, 3.0]]},  # finite, but left to `decode`'s careful check
