@@ -64,6 +64,7 @@ class LmPredictor:
         self.pattern = re.compile(spec.tokenizer.pattern)
         self.lowercase = spec.tokenizer.lowercase
         self.settings = settings
+        self.top_k_cap = min(settings.max_top_k, len(self.vocab))  # once: `_request` runs per step
         self.unknown_counter = metrics.unknown_tokens.labels(model.name, model.version) if metrics else None
 
     def tokenize(self, text: str) -> list[str]:
@@ -130,7 +131,7 @@ class LmPredictor:
     def _request(self, plain: _Plain, tokens: list[str], unknown: np.ndarray) -> tuple[int, LmContext, int]:
         """(payload fingerprint, context, candidates to ask the batch for) of one decoded request."""
         seq, _, _, top_k, special = plain
-        top_k = min(top_k, self.settings.max_top_k, len(self.vocab))
+        top_k = min(top_k, self.top_k_cap)
         fp = 0
         if seq is not None:
             fp = fingerprint("\x00".join(tokens).encode(), f"{top_k}:{special:d}".encode())
