@@ -1,5 +1,6 @@
-"""The hot path's shortcuts against what they replace: the batched top-k against a full sort, and the
-plain-body decoding against the schema's (pydantic) decoding of the same bodies."""
+"""The hot path's shortcuts against what they replace: the batched top-k against a full sort, the
+plain-body decoding against the schema's (pydantic) decoding of the same bodies, and the answers
+written as JSON from arrays against orjson's encoding of the objects they stand for."""
 
 from __future__ import annotations
 
