@@ -8,7 +8,7 @@ Python objects: bulk ingest encodes a whole batch's answers without a dict per e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,9 +23,9 @@ def numbers(values: np.ndarray) -> list[bytes]:
     return orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")  # no value holds a comma
 
 
-def fill(template: bytes, rows: Sequence[Sequence[Any]]) -> list[bytes]:
-    """`template % tuple(row)` for each row."""
-    return list(map(template.__mod__, map(tuple, rows)))
+def fill(template: bytes, rows: Iterable[tuple[Any, ...]]) -> list[bytes]:
+    """`template % row` for each row."""
+    return list(map(template.__mod__, rows))
 
 
 def arrays(items: Sequence[bytes], size: int) -> list[bytes]:
