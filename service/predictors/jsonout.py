@@ -4,6 +4,7 @@ Python objects: bulk ingest encodes a whole batch's answers without a dict per e
     numbers(a)          one orjson pass over a float64 array, split into each value's text (the same
                         digits as orjson gives a Python float: shortest round trip; NaN and inf null)
     fill(template, rows) one %-format per row, run by map() in C: no Python frame per event
+    arrays(items, size)  runs of items joined into JSON arrays (a step's events)
 """
 
 from __future__ import annotations

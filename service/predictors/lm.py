@@ -178,7 +178,7 @@ class LmPredictor:
         batch's arrays: each value of an event's output a piece of JSON (numbers by one orjson pass
         per array, words from the vocabulary's JSON), the pieces in columns, each event written by one
         %-format over its row (zip: no list per row), with no dict per event and per suggestion and
-        no list of floats (3x less than encode_many and orjson)."""
+        no list of floats (512 steps: ~2.5x less than encode_many and orjson)."""
         _, _, came, top_ids, top_probs = outputs  # [B, T], [B, T, k'], [B, T, k']
         contexts, (steps, t) = group.contexts, came.shape
         top_ids, top_probs = self._ranked(top_ids, top_probs, contexts)
