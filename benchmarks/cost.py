@@ -185,6 +185,9 @@ def measure_cell(
     mean_batch = hist.get("batch_size", {}).get("mean") or 1.0
     server_us = (cpu1 - cpu0) / max(events, 1) * 1e6
     ort_us = ort.us_per_event(task, round(mean_batch))
+    # the server's own ONNX Runtime calls (wall time, 1 thread): what the server spends beside them
+    # moves far less with the machine's load than the share, whose two sides are measured apart
+    inside_us = hist.get("inference_seconds", {}).get("sum", 0.0) / max(events, 1) * 1e6
     return {
         "server": server.name,
         "task": task,
@@ -198,6 +201,8 @@ def measure_cell(
         "mean_batch": mean_batch,
         "ort_cpu_us_per_event": ort_us,
         "inference_share": ort_us / server_us if events else None,
+        "server_ort_wall_us_per_event": inside_us,
+        "beside_ort_us_per_event": server_us - inside_us,
     }
 
 
@@ -242,11 +247,14 @@ def server_settings(threads: int) -> dict[str, object]:
 
 def table_line(r: dict[str, Any]) -> str:
     share = r["inference_share"]
+    beside = r.get("beside_ort_us_per_event")  # not in results written before it was measured
     return (
         f"  {r['server']:<8} {r['task']:<6} {r['transport']:<8} {r['sessions']:>5} sess"
         f"  {r['events_per_s']:>9,.0f} ev/s  server {r['server_cpu_us_per_event']:8.1f} us/ev"
         f"  batch {r['mean_batch']:6.1f}  ORT {r['ort_cpu_us_per_event']:7.1f} us/ev"
-        f"  share {share if share is not None else float('nan'):5.3f}  errors {r['errors']}"
+        f"  share {share if share is not None else float('nan'):5.3f}"
+        + (f"  beside ORT {beside:6.1f} us/ev" if beside is not None else "")
+        + f"  errors {r['errors']}"
     )
 
 

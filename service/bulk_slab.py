@@ -6,7 +6,7 @@
       -> per partition, predictor.decode_many: x [B, T(, F)] per event count T       (not plain: rest)
       -> the slab's seq [B]: a step whose `seq` does not match is left to the rest   (replay or 409)
       -> gather [L, B, H] (np.take), ONE ONNX Runtime call on the batcher's thread (Batcher.run_prepared)
-      -> predictor.encode_many from the batch's arrays, one JSON body per step
+      -> predictor.encode_many_json (lm) or encode_many (sensor) from the batch's arrays
       -> commit_rows: check-and-set per row, state / seq / stored answers in one vectorized write
 
 What this lane leaves (the rest) goes the general way (`BulkSteps._batch_lane`: a record per step,
@@ -18,15 +18,15 @@ by `step_locked`, as the general lane does.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from service.errors import InferenceFailed, ServiceError
-from service.predictors.base import DecodedMany
+from service.predictors.base import DecodedMany, EncodesJson, Predictor
 from service.runner import ModelRunner
-from service.stepping import answer_body
+from service.stepping import answer_body, answer_json
 from service.store import MemoryStore, StoredAnswer
 
 if TYPE_CHECKING:
@@ -91,21 +91,7 @@ class SlabLane:
             return
         outs, new_state = output
         before = batch.seqs.tolist()
-        encoded = served.predictor.encode_many(group, outs, before)
-        # a step with `seq` stores its answer's JSON (for replays); the others' answers stay objects,
-        # encoded with the whole response in one pass
-        answers: list[StoredAnswer | None] = []
-        bodies: list[bytes | dict[str, Any]] = []
-        for (_, session_id, _), seq_before, outputs, seq, fp in zip(
-            steps, before, encoded, group.seqs, group.fingerprints, strict=True
-        ):
-            if seq is None:
-                answers.append(None)
-                bodies.append({"session_id": session_id, "seq": seq_before + events, "outputs": outputs})
-            else:
-                body = answer_body(seq_before + events, outputs)
-                answers.append(StoredAnswer(seq, fp, body))
-                bodies.append(body)
+        answers, bodies = _answers(served.predictor, group, outs, before, [s for _, s, _ in steps])
         committed = p.commit_rows(
             batch.rows, batch.gens, batch.seqs, new_state, events, answers, self.store.clock()
         )
@@ -121,6 +107,36 @@ class SlabLane:
                 ok(i, session_id, await self.manager.step_locked(session_id, owner, payload))
             except ServiceError as exc:
                 failed(i, session_id, exc)
+
+
+def _answers(
+    predictor: Predictor, group: DecodedMany, outs: list[np.ndarray], before: list[int], ids: list[str]
+) -> tuple[list[StoredAnswer | None], Sequence[bytes | dict[str, Any]]]:
+    """Each step's answer to store (steps with `seq`, for replays) and its result: JSON where the
+    predictor writes it from the arrays (lm), else objects for the steps without `seq`, encoded with
+    the whole response in one pass (sensor)."""
+    events, seqs = group.events, list(zip(group.seqs, group.fingerprints, strict=True))
+    if isinstance(predictor, EncodesJson):
+        encoded = predictor.encode_many_json(group, outs, before)
+        written = [answer_json(b + events, o) for b, o in zip(before, encoded, strict=True)]
+        stored = [
+            None if seq is None else StoredAnswer(seq, fp, body)
+            for (seq, fp), body in zip(seqs, written, strict=True)
+        ]
+        return stored, written
+    answers: list[StoredAnswer | None] = []
+    bodies: list[bytes | dict[str, Any]] = []
+    for session_id, seq_before, outputs, (seq, fp) in zip(
+        ids, before, predictor.encode_many(group, outs, before), seqs, strict=True
+    ):
+        if seq is None:
+            answers.append(None)
+            bodies.append({"session_id": session_id, "seq": seq_before + events, "outputs": outputs})
+        else:
+            body = answer_body(seq_before + events, outputs)
+            answers.append(StoredAnswer(seq, fp, body))
+            bodies.append(body)
+    return answers, bodies
 
 
 class _Batch:

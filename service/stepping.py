@@ -113,6 +113,11 @@ def answer_body(seq: int, outputs: list[dict[str, Any]]) -> bytes:
     return orjson.dumps({"seq": seq, "outputs": outputs})
 
 
+def answer_json(seq: int, outputs: bytes) -> bytes:
+    """`answer_body` of outputs already encoded (a JSON array): the same bytes."""
+    return b'{"seq":%d,"outputs":%s}' % (seq, outputs)
+
+
 def _answer_hook(
     served: Served, decoded: Decoded, seq_before: int
 ) -> Callable[[StepResult], tuple[bytes, StoredAnswer | None]]:

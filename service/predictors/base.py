@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
@@ -90,6 +90,18 @@ class Predictor(Protocol):
     ) -> list[list[dict[str, Any]]]:
         """`encode` of each step of `group`, from the batch's arrays [B, ...] (postprocess's, or the
         session statistics'); `seq_before`: each session's seq before its step."""
+        ...
+
+
+@runtime_checkable
+class EncodesJson(Protocol):
+    """A predictor that also writes `encode_many`'s answers as JSON itself (lm: bulk ingest's cost
+    beside inference was in building and encoding a dict per event and suggestion)."""
+
+    def encode_many_json(
+        self, group: DecodedMany, outputs: list[np.ndarray], seq_before: list[int]
+    ) -> list[bytes]:
+        """orjson's bytes of each step's `encode_many` answer (its list of outputs), exactly."""
         ...
 
 

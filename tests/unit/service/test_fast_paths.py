@@ -1,5 +1,6 @@
-"""The hot path's shortcuts against what they replace: the batched top-k against a full sort, and the
-plain-body decoding against the schema's (pydantic) decoding of the same bodies."""
+"""The hot path's shortcuts against what they replace: the batched top-k against a full sort, the
+plain-body decoding against the schema's (pydantic) decoding of the same bodies, and the answers
+written as JSON from arrays against orjson's encoding of the objects they stand for."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from service.errors import ServiceError
@@ -14,11 +16,11 @@ from service.predictors import LmPredictor, SensorPredictor, make_predictor
 from service.predictors import lm as lm_module
 from service.predictors import sensor as sensor_module
 from service.predictors.base import Decoded
-from service.predictors.lm import top_k
+from service.predictors.topk import top_k
 from service.registry import Registry
 from service.runner import StepResult
 from service.settings import Settings
-from service.stepping import answer_body
+from service.stepping import answer_body, answer_json
 
 pytestmark = pytest.mark.unit
 
@@ -32,7 +34,7 @@ def reference_top_k(log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
     return ids.reshape(*log_probs.shape[:-1], k), probs.reshape(*log_probs.shape[:-1], k)
 
 
-@pytest.mark.parametrize("vocab", [1, 7, 64, 130, 1000, 10_000])
+@pytest.mark.parametrize("vocab", [1, 7, 64, 130, 640, 1000, 10_000])
 def test_top_k_equals_a_full_sort(vocab: int) -> None:
     rng = np.random.default_rng(vocab)
     for trial in range(12):
@@ -41,12 +43,28 @@ def test_top_k_equals_a_full_sort(vocab: int) -> None:
             log_probs = np.round(log_probs, 1)  # many ties
         if trial % 4 == 0:
             log_probs[..., : vocab // 2] = -np.inf  # masked columns
-        for k in sorted({1, 2, 5, vocab // 3, vocab, vocab + 2} - {0}):
+        if trial % 6 == 1:
+            log_probs[0, 0] = -0.0  # a row of ties between 0.0 and -0.0
+            log_probs[0, 1, ::3] = 0.0
+        if trial == 5:
+            log_probs = log_probs.astype(np.float64)  # not the graphs' float32: the plain sort
+        for k in sorted({1, 2, 5, vocab // 64, vocab // 64 + 1, vocab // 3, vocab, vocab + 2} - {0}):
             ids, probs = top_k(log_probs, k)
             want_ids, want_probs = reference_top_k(log_probs, min(k, vocab))
             assert np.array_equal(ids, want_ids), (trial, k)
             assert np.array_equal(probs, want_probs), (trial, k)
     assert top_k(np.zeros((2, 5), np.float32), 0)[0].shape == (2, 0)
+
+
+def test_top_k_equals_a_full_sort_on_word_distributions() -> None:
+    """Rows like a language model's: a few likely words, a long tail; the rows of a bulk batch."""
+    rng = np.random.default_rng(11)
+    log_probs = np.log(rng.dirichlet(np.full(10_000, 0.2), 96)).astype(np.float32)  # [N, V]
+    log_probs[7, 4000:4010] = log_probs[7].max()  # ten ties for the first place
+    for k in (1, 5, 7, 40):
+        ids, probs = top_k(log_probs, k)
+        want_ids, want_probs = reference_top_k(log_probs, k)
+        assert np.array_equal(ids, want_ids) and np.array_equal(probs, want_probs), k
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +138,12 @@ def test_plain_bodies_decode_as_the_schema_decodes_them(
 
 
 # bulk ingest: plain steps of several event counts, mixed with the odd ones `decode` must answer alone
-MANY_LM: list[Any] = [*LM_BODIES, {"tokens": ["w3", "w1"], "seq": 0}, {"text": "w2 zz", "top_k": 9}]
+MANY_LM: list[Any] = [
+    *LM_BODIES,
+    {"tokens": ["w3", "w1"], "seq": 0},
+    {"text": "w2 zz", "top_k": 9},
+    {"tokens": ["<unk>", "zz", "w2"]},  # the word <unk> itself is known
+]
 MANY_SENSOR: list[Any] = [
     *SENSOR_BODIES,
     {"readings": [[1e30, 2.0, 3.0]]},  # finite, but left to `decode`'s careful check
@@ -199,3 +222,41 @@ def test_encode_many_is_encode_of_each(registry: Registry, model: str, bodies: l
             result = StepResult([a[j] for a in outputs], before[j] + t, None)
             alone = predictor.encode(decoded, result, before[j])
             assert answer_body(result.seq, many[j]) == answer_body(result.seq, alone), (j, before[j])
+
+
+# words the answer echoes as the request spelled them: JSON escapes, non-ASCII, the specials themselves
+ODD_WORDS = ['say "hi"', "back\\slash", "caf\u00e9", "\U0001f600", "\u2028", "<unk>", "<eos>", "W3", ""]
+
+
+def test_lm_encode_many_json_is_encode_many_in_orjson(registry: Registry) -> None:
+    """The JSON lm bulk answers are built from (encode_many_json) is byte for byte orjson's encoding of
+    encode_many's objects: steps of 1 to 3 events, top_k 0 to past the vocabulary, with and without
+    the specials, unknown and odd words, sessions at seq 0 and later, -inf and NaN log-probs."""
+    predictor = make_predictor(registry.get("lm-gru"), Settings(snapshot_path=None, max_top_k=64))
+    assert isinstance(predictor, LmPredictor)
+    rng = np.random.default_rng(8)
+    words = [*predictor.vocab, *ODD_WORDS]
+    bodies = [
+        {
+            "tokens": [str(rng.choice(words)) for _ in range(1 + n % 3)],
+            "top_k": int(rng.choice([0, 1, 2, 5, 9, 64])),
+            "include_special": bool(n % 4 == 0),
+        }
+        for n in range(60)
+    ]
+    groups, rest = predictor.decode_many(bodies)
+    assert len(groups) == 3 and not rest
+    vocab = len(predictor.vocab)
+    for group in groups:
+        b, t = len(group.index), group.events
+        log_probs = np.log(rng.dirichlet(np.ones(vocab), (b, t))).astype(np.float32)
+        log_probs[:, :, predictor.special_ids[rng.integers(2)]] = 0.0
+        log_probs[0, :, group.x[1, 0]] = -np.inf  # a word the model ruled out
+        prior = log_probs[:, 0].copy()
+        prior[2, group.x[2, 0]] = np.nan
+        outputs = predictor.postprocess([log_probs, prior], group.x, group.params)
+        before = [int(v) for v in rng.integers(0, 3, b)]
+        objects = predictor.encode_many(group, outputs, before)
+        built = predictor.encode_many_json(group, outputs, before)
+        assert built == [orjson.dumps(o) for o in objects]
+        assert [answer_json(7, o) for o in built] == [answer_body(7, o) for o in objects]
