@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from websockets.asyncio.client import connect
 
-from benchmarks import limit
+from benchmarks import floor, limit
 from benchmarks.config import RESULTS_DIR, SuiteConfig
 from benchmarks.http1 import Http1Connection
 from benchmarks.loadgen import LoadSpec, run_async, run_load
@@ -182,9 +182,11 @@ def measure_cell(
         events, errors = result.events, sum(result.errors.values())
     (t0, cpu0, before), (t1, cpu1, after) = marks["start"], marks["end"]
     hist = histogram_delta(before, after)
-    mean_batch = hist.get("batch_size", {}).get("mean") or 1.0
+    batches = hist.get("batch_size", {})
+    mean_batch = batches.get("mean") or 1.0
     server_us = (cpu1 - cpu0) / max(events, 1) * 1e6
-    ort_us = ort.us_per_event(task, round(mean_batch))
+    # a server that ran no batches (the transport's floor, benchmarks.floor) has no inference share
+    ort_us = ort.us_per_event(task, round(mean_batch)) if batches.get("count") else None
     # the server's own ONNX Runtime calls (wall time, 1 thread): what the server spends beside them
     # moves far less with the machine's load than the share, whose two sides are measured apart
     inside_us = hist.get("inference_seconds", {}).get("sum", 0.0) / max(events, 1) * 1e6
@@ -200,7 +202,7 @@ def measure_cell(
         "server_cpu_us_per_event": server_us,
         "mean_batch": mean_batch,
         "ort_cpu_us_per_event": ort_us,
-        "inference_share": ort_us / server_us if events else None,
+        "inference_share": ort_us / server_us if events and ort_us is not None else None,
         "server_ort_wall_us_per_event": inside_us,
         "beside_ort_us_per_event": server_us - inside_us,
     }
@@ -214,13 +216,17 @@ def run(
     warmup_s: float,
     threads: int,
 ) -> list[dict[str, Any]]:
-    """Every (task, transport, sessions) cell on every server, the servers taking turns cell by cell."""
+    """Every (task, transport, sessions) cell on every server, the servers taking turns cell by cell; a
+    transport floor among them (benchmarks.floor) adds its figures to the others' rows of its cells."""
     ort = OrtCost(arts, threads)
     ids: dict[tuple[str, str, int], list[str]] = {}
     rows = []
     for task, transport, n in cells:
         bodies = event_bodies(arts[task], 1)
+        cell = []
         for server in servers:
+            if floor.skips(server.name, transport):
+                continue
             key = (server.name, task, n)
             if key not in ids:
                 ids[key] = run_async(create_sessions(server.port, session_body(arts[task]), n))
@@ -229,8 +235,12 @@ def run(
             except Exception as exc:  # e.g. a server from before the bulk routes: that cell only
                 print(f"  {server.name} {task} {transport}: {type(exc).__name__}: {exc}", file=sys.stderr)
                 continue
-            rows.append(row)
+            cell.append(row)
             print(table_line(row), file=sys.stderr, flush=True)
+        served, lines = floor.annotate(cell)
+        for line in lines:
+            print(line, file=sys.stderr, flush=True)
+        rows.extend(served)
     return rows
 
 
@@ -248,11 +258,13 @@ def server_settings(threads: int) -> dict[str, object]:
 def table_line(r: dict[str, Any]) -> str:
     share = r["inference_share"]
     beside = r.get("beside_ort_us_per_event")  # not in results written before it was measured
+    ort = r["ort_cpu_us_per_event"]
     return (
         f"  {r['server']:<8} {r['task']:<6} {r['transport']:<8} {r['sessions']:>5} sess"
         f"  {r['events_per_s']:>9,.0f} ev/s  server {r['server_cpu_us_per_event']:8.1f} us/ev"
-        f"  batch {r['mean_batch']:6.1f}  ORT {r['ort_cpu_us_per_event']:7.1f} us/ev"
+        f"  batch {r['mean_batch']:6.1f}  ORT {ort if ort is not None else float('nan'):7.1f} us/ev"
         f"  share {share if share is not None else float('nan'):5.3f}"
+        + (f"  ceiling {r['share_ceiling']:5.3f}" if "share_ceiling" in r else "")
         + (f"  beside ORT {beside:6.1f} us/ev" if beside is not None else "")
         + f"  errors {r['errors']}"
     )
@@ -285,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
         default=list(DEFAULT_CELLS),
         help="task:transport:sessions,... (transports: " + ", ".join(TRANSPORTS) + ")",
     )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also a bare ASGI app on uvicorn in the http and ws cells: the transport's own CPU per "
+        "message, and the share the server would have if its own work cost nothing (benchmarks.floor)",
+    )
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--warmup", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (%(default)s)")
@@ -309,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
                 port,
             )
         )
+        if args.floor:
+            launches.append(floor.launch(service_env(settings)))
         with start(*launches, log_dir=Path(tmp) / "logs") as servers:
             rows = run(servers, arts, args.cells, args.duration, args.warmup, args.threads)
     out = args.out or RESULTS_DIR / f"{time.strftime('%Y-%m-%d')}-cost.json"

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import cost, limit, memory, training_bench
+from benchmarks import cost, floor, limit, memory, training_bench
 from benchmarks.config import SuiteConfig
 from benchmarks.interleave import interleaved
 from benchmarks.loadgen import LoadSpec, run_async, run_load
@@ -322,11 +322,12 @@ class _Run:
 
     def cost(self) -> list[dict[str, Any]]:
         """Server CPU per event against ONNX Runtime's at the server's mean batch, per task and transport
-        (benchmarks/cost.py), on a fresh server."""
+        (benchmarks/cost.py), on a fresh server, with the transport's floor beside it (benchmarks/floor.py).
+        """
         cfg = self.cfg
-        with self.start(self.service("cost")) as (server,):
+        with self.start(self.service("cost"), floor.launch(service_env({}))) as servers:
             return cost.run(
-                [server], self.arts, cfg.cost_cells, cfg.cost_duration_s, cfg.warmup_s, cfg.threads
+                servers, self.arts, cfg.cost_cells, cfg.cost_duration_s, cfg.warmup_s, cfg.threads
             )
 
     def memory(self) -> dict[str, Any]:

@@ -120,6 +120,13 @@ def test_figures_are_positive_and_finite(results: tuple[dict[str, Any], Path]) -
         assert r["errors"] == 0 and r["events"] > 0, r
         assert _positive(r["server_cpu_us_per_event"]) and _positive(r["ort_cpu_us_per_event"])
         assert 0 < r["inference_share"] < 1.5, r  # ORT alone cannot cost much more than the server
+        # the per-session cells have the bare transport's floor beside them (benchmarks.floor)
+        if r["transport"] in ("http", "ws"):
+            assert _positive(r["floor_cpu_us_per_event"]), r
+            want = r["ort_cpu_us_per_event"] / (r["ort_cpu_us_per_event"] + r["floor_cpu_us_per_event"])
+            assert r["share_ceiling"] == pytest.approx(want) and 0 < want < 1, r
+        else:
+            assert "share_ceiling" not in r, r
     mem = data["memory"]
     assert mem["sessions"] == 300 and mem["state_bytes_per_session"] > 0
     assert math.isfinite(mem["ratio_to_state_bytes"]) and mem["rss_after_bytes"] > 0
