@@ -11,10 +11,10 @@ It knows nothing about words, sensors or state; three hooks do (LitServe's split
 `batch` and `unbatch` are coroutines so that a networked session store can read and write a batch's
 states in one round trip each; the memory store awaits nothing in them.
 
-Scheduling (Triton's sequence batcher, LitServe's loop): the loop takes whatever is queued, up to
-`max_batch_size` jobs. If the batch holds more than one job and is not full, and a queue delay is
-configured, it waits for more until the oldest job has waited `max_queue_delay_us`; a lone job (nothing
-else was queued) runs at once. Jobs are grouped by their event count T and each group is ONE call of
+Scheduling (Triton's sequence batcher, LitServe's loop; service.gathering): the loop takes whatever is
+queued, up to `max_batch_size` jobs. If the batch holds more than one job and is not full, and a queue
+delay is configured, it waits for more until the oldest job has waited `max_queue_delay_us`; a lone job
+(nothing else was queued) runs at once. Jobs are grouped by their event count T and each group is ONE call of
 shape [B, T, ...]: all events of a request go in one call, never T calls. Groups run one after the other
 on a dedicated single-thread executor, so the event loop keeps accepting work meanwhile.
 
@@ -27,16 +27,15 @@ nothing for it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from service.errors import InferenceFailed, ServiceError, ShuttingDown
+from service.gathering import Gathering
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -124,8 +123,13 @@ class Batcher(Generic[I, O]):
         self.labels = labels
         self.clock = clock
         self.name = name
-        self._queue: deque[_Job[I, O]] = deque()
-        self._wakeup = asyncio.Event()
+        self._queue: Gathering[_Job[I, O]] = Gathering(
+            max_batch_size,
+            self.max_queue_delay,
+            clock,
+            enqueued_at=lambda job: job.enqueued_at,
+            dropped=lambda job: job.future.cancelled(),
+        )
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
@@ -144,7 +148,7 @@ class Batcher(Generic[I, O]):
     async def stop(self, timeout: float | None = None) -> None:
         """Stop accepting jobs, run every job already accepted, then stop the loop and its thread."""
         self._closing = True
-        self._wakeup.set()
+        self._queue.close()
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
@@ -156,10 +160,9 @@ class Batcher(Generic[I, O]):
                     timeout,
                 )
                 self._task.cancel()
-                for job in self._queue:
+                for job in self._queue.take_all():
                     if not job.future.done():
                         job.future.set_exception(ShuttingDown("the server is shutting down"))
-                self._queue.clear()
         self._executor.shutdown(wait=True)
 
     # ---- submitting --------------------------------------------------------------------------------
@@ -169,8 +172,7 @@ class Batcher(Generic[I, O]):
         if self._closing:
             raise ShuttingDown("the server is shutting down")
         future: asyncio.Future[O] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Job(item, events, future, self.clock()))
-        self._wakeup.set()
+        self._queue.put(_Job(item, events, future, self.clock()))
         return await future
 
     async def run_now(self, items: Sequence[I], events: int) -> list[O | BaseException]:
@@ -187,34 +189,9 @@ class Batcher(Generic[I, O]):
 
     # ---- the loop ----------------------------------------------------------------------------------
 
-    def _take(self, batch: list[_Job[I, O]]) -> None:
-        while self._queue and len(batch) < self.max_batch_size:
-            job = self._queue.popleft()
-            if not job.future.cancelled():
-                batch.append(job)
-
     async def _loop(self) -> None:
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            batch: list[_Job[I, O]] = []
-            self._take(batch)
-            if self.max_queue_delay > 0 and 1 < len(batch) < self.max_batch_size:
-                deadline = batch[0].enqueued_at + self.max_queue_delay
-                while len(batch) < self.max_batch_size and not self._closing:
-                    remaining = deadline - self.clock()
-                    if remaining <= 0:
-                        break
-                    self._wakeup.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), remaining)
-                    self._take(batch)
-            if batch:
-                await self._run(batch)
+        while (batch := await self._queue.next()) is not None:
+            await self._run(batch)
 
     async def _run(self, batch: list[_Job[I, O]]) -> None:
         started = self.clock()

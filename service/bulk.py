@@ -39,6 +39,13 @@ if TYPE_CHECKING:
 
 # one step's result: its JSON, or (array lane, no seq) the object itself, encoded with the others
 Result = bytes | dict[str, Any]
+# a step answered: (position, session id, its events answer: JSON, or (array lane) `{seq, outputs}`)
+Answered = Callable[[int, str, Result], None]
+# a step failed: (position, session id, error)
+Failed = Callable[[int, str, ServiceError], None]
+# the steps at these positions go into an ONNX Runtime call of this version now (for queue-delay metrics)
+Starting = Callable[["Served", Sequence[int]], None]
+Step = tuple[int, str, dict[str, Any]]  # (position, session id, events body)
 _ENVELOPE = 'the body must be a JSON object {"steps": [...]}'
 
 
@@ -91,14 +98,17 @@ class BulkSteps:
         self.slab = SlabLane(manager, store) if isinstance(store, MemoryStore) else None
 
     @staticmethod
-    def _answered(results: list[Result]) -> Callable[[int, str, Result], None]:
+    def _answered(results: list[Result]) -> Answered:
         def answered(i: int, session_id: str, answer: Result) -> None:
-            results[i] = answer if type(answer) is dict else _ok(session_id, answer)  # type: ignore[arg-type]
+            if type(answer) is dict:
+                results[i] = {"session_id": session_id, **answer}
+            else:
+                results[i] = _ok(session_id, answer)  # type: ignore[arg-type]
 
         return answered
 
     @staticmethod
-    def _refused(results: list[Result]) -> Callable[[int, str, ServiceError], None]:
+    def _refused(results: list[Result]) -> Failed:
         def refused(i: int, session_id: str, error: ServiceError) -> None:
             results[i] = _failed(session_id, error)
 
@@ -131,7 +141,7 @@ class BulkSteps:
             asyncio.create_task(self._queued(owner, session_id, payload)) for _, session_id, payload in queued
         ]
         try:
-            await self._batch_lane(owner, batch, results)
+            await self.run_lane(owner, batch, self._answered(results), self._refused(results))
         except BaseException:
             for task in tasks:
                 task.cancel()
@@ -150,16 +160,23 @@ class BulkSteps:
         except ServiceError as exc:
             return _failed(session_id, exc)
 
-    async def _batch_lane(
-        self, owner: str | None, lane: list[tuple[int, str, dict[str, Any]]], results: list[Result]
+    async def run_lane(
+        self,
+        owner: str | None,
+        lane: list[Step],
+        ok: Answered,
+        failed: Failed,
+        starting: Starting | None = None,
     ) -> None:
-        """Steps whose turn this request holds: look up, decode, then one call per (version, events)."""
+        """Steps of distinct sessions whose turns the caller holds: look up, decode, then one call per
+        (version, events); each step ends in one `ok` or one `failed`. Also the step lane's flush
+        (service.step_lane), which passes `starting` to observe its steps' queue delay."""
         manager = self.manager
         if self.slab is not None:
-            lane = await self.slab.run(owner, lane, self._answered(results), self._refused(results))
+            lane = await self.slab.run(owner, lane, ok, failed, starting)
         # no touch: only applied steps restart a session's idle TTL (their commit marks it used)
         ids = [session_id for _, session_id, _ in lane]
-        records = await manager.store.lookup_many(ids, owner, touch=False)
+        records = await manager.store.lookup_many(ids, owner, touch=False) if ids else []
         groups: dict[tuple[str, int], list[tuple[int, Served, Decoded, SessionRecord, dict[str, Any]]]] = {}
         for (i, session_id, payload), record in zip(lane, records, strict=True):
             try:
@@ -169,28 +186,32 @@ class BulkSteps:
                 decoded = served.predictor.decode(payload)
                 early = stepping.check_seq(served, decoded, record)
                 if early is True:
-                    results[i] = _ok(
-                        session_id, await stepping.replay_stored(manager.store, served, decoded, record)
-                    )
+                    ok(i, session_id, await stepping.replay_stored(manager.store, served, decoded, record))
                 elif isinstance(early, bytes):
-                    results[i] = _ok(session_id, early)
+                    ok(i, session_id, early)
                 else:
                     groups.setdefault((record.model_key, decoded.events), []).append(
                         (i, served, decoded, record, payload)
                     )
             except ServiceError as exc:
-                results[i] = _failed(session_id, exc)
-        await asyncio.gather(*(self._run_group(owner, members, results) for members in groups.values()))
+                failed(i, session_id, exc)
+        await asyncio.gather(
+            *(self._run_group(owner, members, ok, failed, starting) for members in groups.values())
+        )
 
     async def _run_group(
         self,
         owner: str | None,
         members: Sequence[tuple[int, Served, Decoded, SessionRecord, dict[str, Any]]],
-        results: list[Result],
+        ok: Answered,
+        failed: Failed,
+        starting: Starting | None,
     ) -> None:
         manager = self.manager
         served = members[0][1]
         jobs = [stepping.job(s, decoded, record) for _, s, decoded, record, _ in members]
+        if starting is not None:
+            starting(served, [i for i, *_ in members])
         outcomes = await served.batcher.run_now(jobs, members[0][2].events)
         for (i, _, decoded, record, payload), outcome in zip(members, outcomes, strict=True):
             session_id = record.session_id
@@ -200,6 +221,6 @@ class BulkSteps:
                 answer = await stepping.settle(manager.store, served, decoded, record, outcome, owner)
                 if answer is None:  # the session moved on under it (another replica): the usual path
                     answer = await manager.step_locked(session_id, owner, payload)
-                results[i] = _ok(session_id, answer)
+                ok(i, session_id, answer)
             except ServiceError as exc:
-                results[i] = _failed(session_id, exc)
+                failed(i, session_id, exc)

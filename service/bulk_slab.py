@@ -18,7 +18,7 @@ by `step_locked`, as the general lane does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,14 +30,9 @@ from service.stepping import answer_body, answer_json
 from service.store import MemoryStore, StoredAnswer
 
 if TYPE_CHECKING:
+    from service.bulk import Answered, Failed, Starting, Step
     from service.sessions import SessionManager
     from service.stepping import Served
-
-Step = tuple[int, str, dict[str, Any]]  # (position in the request, session id, events body)
-# a step answered: (position, session id, its events answer's JSON, or its whole result as an object)
-Answered = Callable[[int, str, bytes | dict[str, Any]], None]
-# a step failed: (position, session id, error)
-Failed = Callable[[int, str, ServiceError], None]
 
 
 class SlabLane:
@@ -45,7 +40,14 @@ class SlabLane:
         self.manager = manager
         self.store = store
 
-    async def run(self, owner: str | None, lane: list[Step], ok: Answered, failed: Failed) -> list[Step]:
+    async def run(
+        self,
+        owner: str | None,
+        lane: list[Step],
+        ok: Answered,
+        failed: Failed,
+        starting: Starting | None = None,
+    ) -> list[Step]:
         """Run the lane's steps that need no record; returns the others, for the general lane."""
         parts, rows = self.store.rows_of([session_id for _, session_id, _ in lane], owner)
         rest: list[Step] = []
@@ -74,12 +76,16 @@ class SlabLane:
                 if batch.steps:
                     batches.append(batch)
         for batch in batches:
-            await self._run(owner, batch, ok, failed)
+            await self._run(owner, batch, ok, failed, starting)
         return rest
 
-    async def _run(self, owner: str | None, batch: _Batch, ok: Answered, failed: Failed) -> None:
+    async def _run(
+        self, owner: str | None, batch: _Batch, ok: Answered, failed: Failed, starting: Starting | None
+    ) -> None:
         served, group, steps = batch.served, batch.group, batch.steps
         p, events = self.store.partition(batch.part), group.events
+        if starting is not None:
+            starting(served, [i for i, _, _ in steps])
         state = p.gather(batch.rows)  # [L, B, H] per tensor
         try:
             output = await served.batcher.run_prepared(
@@ -91,7 +97,7 @@ class SlabLane:
             return
         outs, new_state = output
         before = batch.seqs.tolist()
-        answers, bodies = _answers(served.predictor, group, outs, before, [s for _, s, _ in steps])
+        answers, bodies = _answers(served.predictor, group, outs, before)
         committed = p.commit_rows(
             batch.rows, batch.gens, batch.seqs, new_state, events, answers, self.store.clock()
         )
@@ -110,11 +116,11 @@ class SlabLane:
 
 
 def _answers(
-    predictor: Predictor, group: DecodedMany, outs: list[np.ndarray], before: list[int], ids: list[str]
+    predictor: Predictor, group: DecodedMany, outs: list[np.ndarray], before: list[int]
 ) -> tuple[list[StoredAnswer | None], Sequence[bytes | dict[str, Any]]]:
-    """Each step's answer to store (steps with `seq`, for replays) and its result: JSON where the
-    predictor writes it from the arrays (lm), else objects for the steps without `seq`, encoded with
-    the whole response in one pass (sensor)."""
+    """Each step's answer to store (steps with `seq`, for replays) and its events answer: JSON where
+    the predictor writes it from the arrays (lm), else objects `{seq, outputs}` for the steps without
+    `seq`, which bulk ingest encodes with the whole response in one pass (sensor)."""
     events, seqs = group.events, list(zip(group.seqs, group.fingerprints, strict=True))
     if isinstance(predictor, EncodesJson):
         encoded = predictor.encode_many_json(group, outs, before)
@@ -126,12 +132,12 @@ def _answers(
         return stored, written
     answers: list[StoredAnswer | None] = []
     bodies: list[bytes | dict[str, Any]] = []
-    for session_id, seq_before, outputs, (seq, fp) in zip(
-        ids, before, predictor.encode_many(group, outs, before), seqs, strict=True
+    for seq_before, outputs, (seq, fp) in zip(
+        before, predictor.encode_many(group, outs, before), seqs, strict=True
     ):
         if seq is None:
             answers.append(None)
-            bodies.append({"session_id": session_id, "seq": seq_before + events, "outputs": outputs})
+            bodies.append({"seq": seq_before + events, "outputs": outputs})
         else:
             body = answer_body(seq_before + events, outputs)
             answers.append(StoredAnswer(seq, fp, body))

@@ -50,6 +50,7 @@ from service.registry import LoadedModel, Registry
 from service.runner import StepJob, StepResult
 from service.serving import ServedVersions
 from service.settings import Settings
+from service.step_lane import StepLane
 from service.stepping import Served
 from service.store import MemoryStore, SessionRecord, SessionStore
 from service.store.transfer import decode_snapshot, encode_snapshot
@@ -91,6 +92,7 @@ class SessionManager:
         self.versions = ServedVersions(settings, metrics, self.registry, self.store, clock)
         self._turns = Turns()
         self._bulk = BulkSteps(self, self._turns)
+        self._lane = StepLane(self._bulk, self._turns, settings, metrics, clock)
         self._ready = False
         self._stopping = False
         self._housekeeping = Housekeeping(settings, metrics, self.store)
@@ -104,6 +106,7 @@ class SessionManager:
         models = await asyncio.to_thread(self.registry.load_all)
         for model in models:
             self.versions.serve(model)
+        self._lane.start()
         await self.store.open()
         self._housekeeping.restore(self.registry.all())
         self._housekeeping.start()
@@ -124,6 +127,7 @@ class SessionManager:
         # their session, on their way to the batcher
         while len(self._turns) and time.monotonic() < deadline:
             await asyncio.sleep(0.001)
+        await self._lane.stop(max(0.0, deadline - time.monotonic()))
         remaining = max(0.0, deadline - time.monotonic())
         await asyncio.gather(*(s.batcher.stop(remaining) for s in self.versions))
         self._housekeeping.save_final()
@@ -281,14 +285,18 @@ class SessionManager:
     async def step_json(
         self, session_id: str, owner: str | None, payload: dict[str, Any], end: bool = False
     ) -> bytes:
-        """`step`, answered as the JSON body of a `schemas.StepResponse` (what the transports send)."""
+        """`step`, answered as the JSON body of a `schemas.StepResponse` (what the transports send).
+        Steps run in the step lane (service.step_lane), batched across sessions; one that ends its
+        session (V2's sequence_end) runs through the batcher's queue, the delete in the same turn."""
         self.check_open()
         await self._turns.acquire(session_id)
+        if not end:
+            return await self._lane.step(session_id, owner, payload)  # the lane releases the turn
         try:
             body = await self.step_locked(session_id, owner, payload)
-            if end:  # no other request and no shutdown check between the step and the end
-                with contextlib.suppress(SessionNotFound, SessionGone):  # expired meanwhile
-                    await self.store.delete(session_id, owner)
+            # no other request and no shutdown check between the step and the end
+            with contextlib.suppress(SessionNotFound, SessionGone):  # expired meanwhile
+                await self.store.delete(session_id, owner)
             return body
         finally:
             self._turns.release(session_id)

@@ -219,7 +219,8 @@ class SensorPredictor:
 
     def _decoded(self, group: _Group, steps: int, width: int, rest: list[int]) -> list[DecodedMany]:
         raw = np.array(group.values, np.float64).reshape(len(group.index), steps, width)  # [B, T, F]
-        x = raw if self.online else ((raw - self.mu) / self.sigma).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # rows out of range leave below, to `decode`
+            x = raw if self.online else ((raw - self.mu) / self.sigma).astype(np.float32)
         finite = np.abs(raw).max(axis=(1, 2)) < 1e30  # as `decode`: anything else takes its careful path
         seqs = [head[0] for head in group.heads]
         stamps = [head[2] for head in group.heads]

@@ -1,0 +1,159 @@
+"""The step lane: per-session steps (`POST /v1/sessions/{id}/events`, the session's WebSocket stream,
+V2 infer) gathered across sessions and run as bulk ingest's batch lane, as one bulk request would be.
+
+    step_json (the session's turn taken)  -> put (session, owner, events body) here
+    the lane's loop: whatever is queued, up to max_batch_size steps (service.gathering: the batcher's
+                     rule, max_queue_delay_us included)
+                  -> per owner: BulkSteps.run_lane: on the memory store, the slab's arrays (decode_many,
+                     one gather, ONE ONNX Runtime call per version and event count, vectorized answers
+                     and commit); otherwise, or for what that leaves, records, decode and one batched
+                     call per (version, events), as the batcher's hooks do
+                  -> each step's answer (JSON bytes) or error to its caller; its turn released
+
+Why: through the batcher each step was a record, a decoded object, a job, a future, a result and an
+answer built alone, ~40 Python calls per event; here a step is one small object, and what is done per
+event is done per batch, on arrays. The rules stay those of the route (stepping.py): the caller holds
+the session's turn, so the lane's steps are of distinct sessions, in arrival order per session; seq,
+replays and 409s, and every error, are decided by the same code as bulk ingest's, which answers as the
+per-session route does (the bulk end-to-end tests compare the two).
+
+The turn travels with the step: the lane releases it once the step is answered, also when the caller
+was cancelled meanwhile (a step taken into a call runs to its end before its session takes another).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from service.errors import ServiceError, ShuttingDown
+from service.gathering import Gathering
+from service.metrics import Metrics
+from service.settings import Settings
+from service.turns import Turns
+
+if TYPE_CHECKING:
+    from service.bulk import BulkSteps, Result
+    from service.stepping import Served
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, eq=False)
+class _Step:
+    session_id: str
+    owner: str | None
+    payload: dict[str, Any]
+    future: asyncio.Future[bytes]
+    enqueued_at: float
+
+
+class StepLane:
+    def __init__(
+        self,
+        bulk: BulkSteps,
+        turns: Turns,
+        settings: Settings,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.bulk = bulk
+        self.turns = turns
+        self.metrics = metrics
+        self.clock = clock
+        self._queue: Gathering[_Step] = Gathering(
+            settings.max_batch_size,
+            settings.max_queue_delay_us / 1e6,
+            clock,
+            enqueued_at=lambda step: step.enqueued_at,
+            dropped=self._dropped,
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="step-lane")
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Run every step already queued (their turns are held: the manager waits for them first),
+        then stop; what is left after `timeout` is answered ShuttingDown."""
+        self._closing = True
+        self._queue.close()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except TimeoutError:
+            self._task.cancel()
+            for step in self._queue.take_all():
+                self._answer(step, ShuttingDown("the server is shutting down"))
+
+    async def step(self, session_id: str, owner: str | None, payload: dict[str, Any]) -> bytes:
+        """The step's answer (the JSON of a `schemas.StepResponse`); the caller holds the session's
+        turn and hands it over: the lane releases it."""
+        if self._closing:
+            self.turns.release(session_id)
+            raise ShuttingDown("the server is shutting down")
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._queue.put(_Step(session_id, owner, payload, future, self.clock()))
+        return await future
+
+    def _dropped(self, step: _Step) -> bool:
+        """A step whose caller left before it was taken: not run, its turn passed on."""
+        if step.future.cancelled():
+            self.turns.release(step.session_id)
+            return True
+        return False
+
+    def _answer(self, step: _Step, outcome: bytes | BaseException) -> None:
+        if not step.future.done():
+            if isinstance(outcome, BaseException):
+                step.future.set_exception(outcome)
+            else:
+                step.future.set_result(outcome)
+        self.turns.release(step.session_id)
+
+    async def _loop(self) -> None:
+        while (steps := await self._queue.next()) is not None:
+            by_owner: dict[str | None, list[_Step]] = {}
+            for step in steps:
+                by_owner.setdefault(step.owner, []).append(step)
+            for owner, own in by_owner.items():
+                await self._run(owner, own)
+
+    async def _run(self, owner: str | None, steps: list[_Step]) -> None:
+        answered = [False] * len(steps)
+
+        def ok(i: int, _: str, answer: Result) -> None:
+            answered[i] = True
+            self._answer(steps[i], answer if type(answer) is bytes else orjson.dumps(answer))
+
+        def failed(i: int, _: str, error: ServiceError) -> None:
+            answered[i] = True
+            self._answer(steps[i], error)
+
+        def starting(served: Served, positions: Sequence[int]) -> None:
+            delay, now = self.metrics.queue_delay.labels(*served.batcher.labels), self.clock()
+            for i in positions:
+                delay.observe(now - steps[i].enqueued_at)
+
+        try:
+            lane = [(i, step.session_id, step.payload) for i, step in enumerate(steps)]
+            await self.bulk.run_lane(owner, lane, ok, failed, starting)
+        except Exception as exc:  # a bug: its steps answer 500 (their callers log it), the lane goes on
+            log.exception("the step lane failed on %d step(s)", len(steps))
+            for i, step in enumerate(steps):
+                if not answered[i]:
+                    answered[i] = True
+                    self._answer(step, exc)
+        finally:  # cancelled (shutdown past its drain): whoever is left is told so, and their turns freed
+            for i, step in enumerate(steps):
+                if not answered[i]:
+                    self._answer(step, ShuttingDown("the server is shutting down"))
