@@ -239,9 +239,7 @@ class InferenceService:
             yield response
 
     def _count(self, method: str, status: int, seconds: float) -> None:
-        counter, latency = self.state.metrics.request_children("GRPC", f"/{SERVICE}/{method}", status)
-        counter.inc()
-        latency.observe(seconds)
+        self.state.metrics.record_request("GRPC", f"/{SERVICE}/{method}", status, seconds)
 
     def _unary(self, method: str, handler: Callable[[Any, Any], Awaitable[Any]]) -> Callable[..., Any]:
         """`handler` with errors turned into gRPC statuses, and the request counted in the metrics."""

@@ -14,7 +14,8 @@ A plain ASGI middleware (no BaseHTTPMiddleware: no extra task per request, strea
   requests that match no route count as `unmatched`.
 - hot paths: `POST /v1/sessions/{id}/events` and `POST /v1/steps` are answered here by
   `routes.sessions.step_fast` and `routes.steps.steps_fast`, without Starlette's routing or FastAPI's
-  dependency solving (same answers as the FastAPI routes).
+  dependency solving (same answers as the FastAPI routes); the two WebSocket streams likewise, by
+  `routes.stream.websocket_fast`, on the server's own receive and send.
 - access log: one line per request (JSON fields with `log_json`); probes and scrapes log at DEBUG. The
   query string is never logged (a WebSocket client may carry its key in `?token=`).
 - anything that escapes the app is logged with its traceback and the request id and answered with the
@@ -37,6 +38,8 @@ from service.logs import request_id_var
 from service.metrics import Metrics
 from service.routes.sessions import EVENTS_ROUTE, events_session_id, step_fast
 from service.routes.steps import STEPS_ROUTE, steps_fast
+from service.routes.steps import stream as bulk_stream
+from service.routes.stream import websocket_fast
 
 REQUEST_ID_HEADER = "x-request-id"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -104,7 +107,7 @@ class RequestMiddleware:
             if scope["type"] == "http":
                 await self._http(scope, receive, send, request_id)
             else:
-                await self.app(scope, receive, send)
+                await (websocket_fast(scope, bulk_stream) or self.app)(scope, receive, send)
         finally:
             request_id_var.reset(token)
 
@@ -194,9 +197,7 @@ class RequestMiddleware:
         method = scope["method"]
         if route is None:
             route = self._route_template(scope)
-        counter, latency = self.metrics.request_children(method, route, status)
-        counter.inc()
-        latency.observe(duration_s)
+        self.metrics.record_request(method, route, status, duration_s)
         level = logging.DEBUG if scope["path"] in _QUIET_PATHS else logging.INFO
         if access_log.isEnabledFor(level):
             client = scope.get("client")

@@ -34,7 +34,7 @@ import orjson
 
 from service.errors import ServiceError, ShuttingDown
 from service.gathering import Gathering
-from service.metrics import Metrics
+from service.metrics import Metrics, observe_many
 from service.settings import Settings
 from service.turns import Turns
 
@@ -140,9 +140,9 @@ class StepLane:
             self._answer(steps[i], error)
 
         def starting(served: Served, positions: Sequence[int]) -> None:
-            delay, now = self.metrics.queue_delay.labels(*served.batcher.labels), self.clock()
-            for i in positions:
-                delay.observe(now - steps[i].enqueued_at)
+            now = self.clock()
+            waited = [now - steps[i].enqueued_at for i in positions]
+            observe_many(self.metrics.queue_delay.labels(*served.batcher.labels), waited)
 
         try:
             lane = [(i, step.session_id, step.payload) for i, step in enumerate(steps)]

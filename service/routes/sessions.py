@@ -136,13 +136,19 @@ _MALFORMED = "the request body must be a JSON object (Content-Type: application/
 _JSON_HEADERS = (b"content-type", b"application/json")
 
 
-def events_session_id(path: str) -> str | None:
-    """The `{session_id}` of an events path (Starlette's `[^/]+`), or None for any other path."""
-    if path.startswith(_EVENTS_PREFIX) and path.endswith(_EVENTS_SUFFIX):
-        session_id = path[len(_EVENTS_PREFIX) : -len(_EVENTS_SUFFIX)]
+def session_id_in(path: str, suffix: str) -> str | None:
+    """The `{session_id}` (Starlette's `[^/]+`) of a path `/v1/sessions/{session_id}<suffix>`, or None
+    for any other path."""
+    if path.startswith(_EVENTS_PREFIX) and path.endswith(suffix):
+        session_id = path[len(_EVENTS_PREFIX) : -len(suffix)]
         if session_id and "/" not in session_id:
             return session_id
     return None
+
+
+def events_session_id(path: str) -> str | None:
+    """The `{session_id}` of an events path, or None for any other path."""
+    return session_id_in(path, _EVENTS_SUFFIX)
 
 
 class _Unparsable(Exception):

@@ -79,6 +79,7 @@ async def _check_open(manager: SessionManager, owner: str | None) -> None:
 
 @router.websocket(STREAM_ROUTE)
 async def stream(websocket: WebSocket, token: str | None = None) -> None:
+    """(`service.routes.stream.websocket_fast` runs this on the server's own receive and send.)"""
     opened = await accept(websocket, token, _check_open)
     if opened is None:
         return

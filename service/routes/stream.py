@@ -15,6 +15,10 @@ so that browsers, which never see a refused upgrade's status, can read why. When
 down mid-stream, uvicorn closes the stream with 1012 (service restart): reconnect and resume from
 `seq` (a step that was answered is not applied twice). A message larger than RNNSERVE_MAX_BODY_BYTES
 closes the stream with 1009 (message too big), as the server's `ws_max_size`.
+
+The hot path: `RequestMiddleware` runs both streams (this one and bulk's `/v1/stream`) through
+`websocket_fast`, on the server's own receive and send, so that a message's reply does not pass
+through FastAPI's and Starlette's per-route wrappers; the FastAPI routes stay (a mounted app).
 """
 
 from __future__ import annotations
@@ -24,16 +28,19 @@ import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketState
 
 from service.deps import authenticator_of, manager_of
 from service.error_handlers import error_json, internal_error, json_object
 from service.errors import ServiceError, ShuttingDown
 from service.metrics import Metrics
+from service.routes.sessions import session_id_in
 from service.sessions import SessionManager
 
 router = APIRouter(tags=["sessions"])
 ROUTE = "/v1/sessions/{session_id}/stream"
+_SUFFIX = "/stream"
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_INTERNAL_ERROR = 1011
 
@@ -79,6 +86,33 @@ async def stream(websocket: WebSocket, session_id: str, token: str | None = None
     await serve_messages(websocket, ROUTE, answer, f"the stream of session {session_id}")
 
 
+# (the connection, its `?token=`) -> the stream served to its end
+Stream = Callable[[WebSocket, str | None], Awaitable[None]]
+
+
+def websocket_fast(scope: Scope, bulk: Stream) -> Callable[[Scope, Receive, Send], Awaitable[None]] | None:
+    """The ASGI handler of a WebSocket scope on one of the two streams (`bulk`: `/v1/stream`'s), as the
+    FastAPI routes would run it (path parameter, `token` query parameter); None for any other path."""
+    path = scope["path"]
+    if scope.get("root_path"):
+        return None
+    if path == "/v1/stream":
+        run: Stream = bulk
+    else:
+        session_id = session_id_in(path, _SUFFIX)
+        if session_id is None:
+            return None
+
+        async def run(websocket: WebSocket, token: str | None) -> None:
+            await stream(websocket, session_id, token)
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        websocket = WebSocket(scope, receive, send)
+        await run(websocket, websocket.query_params.get("token"))
+
+    return handler
+
+
 async def serve_messages(
     websocket: WebSocket, route: str, answer: Callable[[str | bytes], Awaitable[bytes]], what: str
 ) -> None:
@@ -104,9 +138,7 @@ async def serve_messages(
                     await websocket.close(code=CLOSE_SERVICE_RESTART, reason=error.code)
                     return
             finally:
-                counter, latency = metrics.request_children("WS", route, status)
-                counter.inc()
-                latency.observe(time.perf_counter() - started)
+                metrics.record_request("WS", route, status, time.perf_counter() - started)
     except WebSocketDisconnect:
         return
     except Exception:
