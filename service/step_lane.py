@@ -17,6 +17,9 @@ the session's turn, so the lane's steps are of distinct sessions, in arrival ord
 replays and 409s, and every error, are decided by the same code as bulk ingest's, which answers as the
 per-session route does (the bulk end-to-end tests compare the two).
 
+With a networked store (Redis) two flushes may be in progress at once (`overlap`), one in its round
+trips while the other runs; their steps are of distinct sessions, as each step holds its turn.
+
 The turn travels with the step: the lane releases it once the step is answered, also when the caller
 was cancelled meanwhile (a step taken into a call runs to its end before its session takes another).
 """
@@ -62,8 +65,14 @@ class StepLane:
         settings: Settings,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        overlap: int = 1,
     ) -> None:
+        """`overlap`: flushes in progress at once. 1 on the memory store, where a flush awaits only its
+        ONNX Runtime call: the next batch gathers meanwhile and is as large as the arrivals make it.
+        2 with a networked store, so that one flush's round trips overlap the other's inference, as the
+        batcher's hooks and the coalesced lookups overlapped them."""
         self.bulk = bulk
+        self.overlap = overlap
         self.turns = turns
         self.metrics = metrics
         self.clock = clock
@@ -121,12 +130,27 @@ class StepLane:
         self.turns.release(step.session_id)
 
     async def _loop(self) -> None:
-        while (steps := await self._queue.next()) is not None:
-            by_owner: dict[str | None, list[_Step]] = {}
-            for step in steps:
-                by_owner.setdefault(step.owner, []).append(step)
-            for owner, own in by_owner.items():
-                await self._run(owner, own)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while (steps := await self._queue.next()) is not None:
+                flush = asyncio.get_running_loop().create_task(self._flush(steps))
+                running.add(flush)
+                flush.add_done_callback(running.discard)
+                if len(running) >= self.overlap:
+                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            if running:
+                await asyncio.wait(running)
+        except asyncio.CancelledError:  # stopped past the drain: each flush answers what it holds
+            for flush in running:
+                flush.cancel()
+            raise
+
+    async def _flush(self, steps: list[_Step]) -> None:
+        by_owner: dict[str | None, list[_Step]] = {}
+        for step in steps:
+            by_owner.setdefault(step.owner, []).append(step)
+        for owner, own in by_owner.items():
+            await self._run(owner, own)
 
     async def _run(self, owner: str | None, steps: list[_Step]) -> None:
         answered = [False] * len(steps)
