@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--gil",
+        action="store_true",
+        help="sample only the thread holding the GIL: the Python work, without ONNX Runtime's calls "
+        "(which release it) and without threads that wait (which py-spy may count as busy)",
+    )
     args = p.parse_args(argv)
     art = find_artifact(args.models_dir, args.task)
     if art is None:
@@ -41,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     def phase(when: str) -> None:
         if when == "start":
             fmt = ["-f", "raw"] if args.out.suffix == ".txt" else []
+            extra = ["--gil"] if args.gil else []
             command = ["py-spy", "record", "-p", str(args.pid), "-o", str(args.out), *fmt]
-            command += ["-d", str(max(1, int(args.seconds) - 1)), "-r", "200", "--nonblocking"]
+            command += ["-d", str(max(1, int(args.seconds) - 1)), "-r", "200", "--nonblocking", *extra]
             spies.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     bodies = event_bodies(art, 1)

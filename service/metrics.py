@@ -50,7 +50,7 @@ class Metrics:
         )
         self.queue_delay = Histogram(
             "rnnserve_queue_delay_seconds",
-            "time a step waited in the batcher's queue",
+            "time a step waited for its ONNX Runtime call (the step lane's or the batcher's queue)",
             ["model", "version"],
             buckets=_DELAY_BUCKETS,
             registry=r,

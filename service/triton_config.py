@@ -132,9 +132,9 @@ def model_statistics(model: LoadedModel, metrics: Metrics) -> dict[str, Any]:
 
     - inference_count: session steps run (batch size 1 each, as Triton counts a sequence request);
       execution_count: ONNX Runtime calls.
-    - success: steps that ran; its ns is their time in the batcher's queue plus the run time of the
+    - success: steps that ran; its ns is their time queued (step lane or batcher) plus the run time of the
       calls (the metrics keep no per-request total); fail: ONNX Runtime calls that raised (each fails
-      every step of its batch); queue: steps and their time in the batcher's queue; compute_infer:
+      every step of its batch); queue: steps and their time queued for a call; compute_infer:
       ONNX Runtime calls and their run time. compute_input, compute_output, cache_hit and cache_miss stay
       0 (no separate input copy, no response cache), as do last_inference and batch_stats (not kept:
       the batch size histogram's buckets are not exact sizes).
