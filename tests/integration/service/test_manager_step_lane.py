@@ -30,6 +30,33 @@ def _count(manager: Any, name: str, model: str = "lm-gru") -> float:
     return 0.0
 
 
+class HeldCalls:
+    """Holds the served version's ONNX Runtime calls (the slab lane's `run_prepared`) until `release`:
+    `entered` is set once a call is waiting. As a context manager it puts the original back."""
+
+    def __init__(self, manager: Any, version: str = "lm-gru/1") -> None:
+        served = manager.served_now(version)
+        assert served is not None
+        self.batcher = served.batcher
+        self.run_prepared = served.batcher.run_prepared
+        self.entered, self.released = asyncio.Event(), asyncio.Event()
+
+    async def _held(self, prepared: Any, jobs: int, events: int) -> Any:
+        self.entered.set()
+        await self.released.wait()
+        return await self.run_prepared(prepared, jobs, events)
+
+    def release(self) -> None:
+        self.released.set()
+
+    def __enter__(self) -> HeldCalls:
+        self.batcher.run_prepared = self._held
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.batcher.run_prepared = self.run_prepared
+
+
 async def test_steps_of_many_sessions_share_one_call_and_answer_as_alone(
     make_settings: Callable[..., Settings],
 ) -> None:
@@ -59,24 +86,14 @@ async def test_a_caller_cancelled_before_its_step_is_taken_applies_nothing(
     async with running(make_settings()) as manager:
         create = schemas.CreateSession(model="lm-gru")
         busy, other = [(await manager.create(create, None)).session_id for _ in range(2)]
-        served = manager.served_now("lm-gru/1")
-        assert served is not None
-        run_prepared, entered, release = served.batcher.run_prepared, asyncio.Event(), asyncio.Event()
-
-        async def held(prepared: Any, jobs: int, events: int) -> Any:
-            entered.set()
-            await release.wait()
-            return await run_prepared(prepared, jobs, events)
-
-        served.batcher.run_prepared = held  # type: ignore[method-assign]
-        first = asyncio.create_task(manager.step_json(busy, None, LM_STEP))
-        await entered.wait()
-        queued = asyncio.create_task(manager.step_json(other, None, LM_STEP))
-        await asyncio.sleep(0.01)
-        queued.cancel()
-        release.set()
-        await first
-        served.batcher.run_prepared = run_prepared  # type: ignore[method-assign]
+        with HeldCalls(manager) as calls:
+            first = asyncio.create_task(manager.step_json(busy, None, LM_STEP))
+            await calls.entered.wait()
+            queued = asyncio.create_task(manager.step_json(other, None, LM_STEP))
+            await asyncio.sleep(0.01)
+            queued.cancel()
+            calls.release()
+            await first
         with pytest.raises(asyncio.CancelledError):
             await queued
         assert (await manager.get(other, None)).seq == 0
@@ -93,27 +110,17 @@ async def test_a_caller_cancelled_while_its_step_runs_keeps_the_turn_until_it_is
     turn itself, waits for it: never beside it, so the session ends at seq 0, not written after it."""
     async with running(make_settings()) as manager:
         session_id = (await manager.create(schemas.CreateSession(model="lm-gru"), None)).session_id
-        served = manager.served_now("lm-gru/1")
-        assert served is not None
-        run_prepared, entered, release = served.batcher.run_prepared, asyncio.Event(), asyncio.Event()
-
-        async def held(prepared: Any, jobs: int, events: int) -> Any:
-            entered.set()
-            await release.wait()
-            return await run_prepared(prepared, jobs, events)
-
-        served.batcher.run_prepared = held  # type: ignore[method-assign]
-        running_step = asyncio.create_task(manager.step_json(session_id, None, LM_STEP))
-        await entered.wait()
-        running_step.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await running_step
-        reset = asyncio.create_task(manager.reset(session_id, None))
-        await asyncio.sleep(0.01)
-        assert not reset.done()  # waiting for the cancelled caller's step, which holds the turn
-        release.set()
-        info = await asyncio.wait_for(reset, 10)
-        served.batcher.run_prepared = run_prepared  # type: ignore[method-assign]
+        with HeldCalls(manager) as calls:
+            running_step = asyncio.create_task(manager.step_json(session_id, None, LM_STEP))
+            await calls.entered.wait()
+            running_step.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running_step
+            reset = asyncio.create_task(manager.reset(session_id, None))
+            await asyncio.sleep(0.01)
+            assert not reset.done()  # waiting for the cancelled caller's step, which holds the turn
+            calls.release()
+            info = await asyncio.wait_for(reset, 10)
         assert info.seq == 0
         assert (await manager.get(session_id, None)).seq == 0
         answer = json.loads(await manager.step_json(session_id, None, {**LM_STEP, "seq": 0}))
