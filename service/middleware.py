@@ -88,11 +88,15 @@ class RequestMiddleware:
 
     @staticmethod
     def claims(scope: Scope) -> bool:
-        """Whether this middleware answers `scope` by itself, never calling the app (the hot path)."""
+        """Whether this middleware answers `scope` by itself, never calling the app (the hot paths: the
+        two POST routes and the two WebSocket streams, whose every message then skips FastAPI's stack)."""
+        if scope.get("root_path"):
+            return False
+        if scope["type"] == "websocket":
+            return websocket_fast(scope, bulk_stream) is not None
         return (
             scope["type"] == "http"
             and scope["method"] == "POST"
-            and not scope.get("root_path")
             and (scope["path"] == STEPS_ROUTE or events_session_id(scope["path"]) is not None)
         )
 

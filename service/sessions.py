@@ -290,7 +290,8 @@ class SessionManager:
         Steps run in the step lane (service.step_lane), batched across sessions; one that ends its
         session (V2's sequence_end) runs through the batcher's queue, the delete in the same turn."""
         self.check_open()
-        await self._turns.acquire(session_id)
+        if not self._turns.try_acquire(session_id):  # as acquire, without a coroutine when it is free
+            await self._turns.acquire(session_id)
         if not end:
             return await self._lane.step(session_id, owner, payload)  # the lane releases the turn
         try:

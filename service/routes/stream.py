@@ -17,8 +17,9 @@ down mid-stream, uvicorn closes the stream with 1012 (service restart): reconnec
 closes the stream with 1009 (message too big), as the server's `ws_max_size`.
 
 The hot path: `RequestMiddleware` runs both streams (this one and bulk's `/v1/stream`) through
-`websocket_fast`, on the server's own receive and send, so that a message's reply does not pass
-through FastAPI's and Starlette's per-route wrappers; the FastAPI routes stay (a mounted app).
+`websocket_fast`, claimed before FastAPI's middleware stack (`service.app._App`), and `serve_messages`
+reads and answers on the connection's own ASGI receive and send, so that a message and its reply do
+not pass through FastAPI's and Starlette's wrappers; the FastAPI routes stay (a mounted app).
 """
 
 from __future__ import annotations
@@ -120,9 +121,13 @@ async def serve_messages(
     is `answer(message)` or the error shape. Shared by both streams, so that both close alike: 1012
     when the server shuts down, 1011 after a bug (the error is logged, and the client is told)."""
     metrics: Metrics = websocket.app.state.metrics
+    # The connection's own ASGI receive and send: past the accept, Starlette's state checks add nothing
+    # to a message but two frames each way. What they did that matters here is kept: a send that finds
+    # the client gone ends the stream, as a disconnect does.
+    receive, send = websocket._receive, websocket._send
     try:
         while True:
-            message = await websocket.receive()
+            message = await receive()
             if message["type"] == "websocket.disconnect":
                 return
             started, status = time.perf_counter(), 500
@@ -130,7 +135,10 @@ async def serve_messages(
                 text = message.get("text")
                 content = await answer(text if text is not None else message.get("bytes") or b"")
                 status = 200
-                await websocket.send_text(content.decode())
+                try:
+                    await send({"type": "websocket.send", "text": content.decode()})
+                except OSError:  # uvicorn's ClientDisconnected: the client left before its answer
+                    return
             except ServiceError as error:
                 status = error.status
                 await websocket.send_text(error_json(error))

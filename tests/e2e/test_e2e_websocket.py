@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import socket
+import time
 from typing import Any
 
 import httpx
@@ -97,3 +99,26 @@ def test_connect_is_refused_with_a_reason(server: ServerProcess, client: httpx.C
     refused_with(server, "0123456789abcdef0123456789abcdef", 4404, "session_not_found")
     assert client.delete(f"/v1/sessions/{session}").status_code == 204
     refused_with(server, session, 4410, "session_deleted")
+
+
+def test_a_client_that_leaves_mid_stream_ends_it_quietly(server: ServerProcess, client: httpx.Client) -> None:
+    """The client pipelines many steps and drops its socket without a close: the server finds it gone
+    when it sends an answer, ends that stream without an error logged, and the session holds exactly
+    the steps it applied (a new stream goes on from its seq; the last applied step replays)."""
+    session = client.post("/v1/sessions", json={"model": "lm-lstm"}).json()["session_id"]
+    with open_stream(server, session) as ws:
+        for seq in range(200):
+            ws.send(json.dumps({"seq": seq, "tokens": ["w1"]}))
+        ws.socket.shutdown(socket.SHUT_RDWR)  # no closing handshake: the answers have nowhere to go
+    applied, settled = -1, 0
+    while settled < 5:  # the steps already read keep running; wait until the seq stops moving
+        time.sleep(0.1)
+        seq = client.get(f"/v1/sessions/{session}").json()["seq"]
+        applied, settled = seq, settled + 1 if seq == applied else 0
+    assert 0 < applied < 200  # some steps ran, and the socket was gone before the last
+    with open_stream(server, session) as again:
+        again.send(json.dumps({"seq": applied - 1, "tokens": ["w1"]}))  # the last applied: a replay
+        again.send(json.dumps({"seq": applied, "tokens": ["w1"]}))
+        replay, step = replies(again, 2)
+    assert replay["seq"] == applied and step["seq"] == applied + 1
+    assert "unhandled error" not in server.log()
