@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -43,8 +43,19 @@ Result = bytes | dict[str, Any]
 Answered = Callable[[int, str, Result], None]
 # a step failed: (position, session id, error)
 Failed = Callable[[int, str, ServiceError], None]
-# the steps at these positions go into an ONNX Runtime call of this version now (for queue-delay metrics)
-Starting = Callable[["Served", Sequence[int]], None]
+
+
+class Progress(Protocol):
+    """What a caller of `run_lane` follows of its calls (the step lane: queue delays, and when the next
+    batch may start its own call)."""
+
+    def starting(self, served: Served, positions: Sequence[int]) -> None:
+        """The steps at these positions go into an ONNX Runtime call of this version now."""
+
+    async def returned(self) -> None:
+        """A call has returned; its steps' answers and writes follow."""
+
+
 Step = tuple[int, str, dict[str, Any]]  # (position, session id, events body)
 _ENVELOPE = 'the body must be a JSON object {"steps": [...]}'
 
@@ -166,14 +177,14 @@ class BulkSteps:
         lane: list[Step],
         ok: Answered,
         failed: Failed,
-        starting: Starting | None = None,
+        progress: Progress | None = None,
     ) -> None:
         """Steps of distinct sessions whose turns the caller holds: look up, decode, then one call per
         (version, events); each step ends in one `ok` or one `failed`. Also the step lane's flush
-        (service.step_lane), which passes `starting` to observe its steps' queue delay."""
+        (service.step_lane), which follows the calls through `progress`."""
         manager = self.manager
         if self.slab is not None:
-            lane = await self.slab.run(owner, lane, ok, failed, starting)
+            lane = await self.slab.run(owner, lane, ok, failed, progress)
         # no touch: only applied steps restart a session's idle TTL (their commit marks it used)
         ids = [session_id for _, session_id, _ in lane]
         records = await manager.store.lookup_many(ids, owner, touch=False) if ids else []
@@ -196,7 +207,7 @@ class BulkSteps:
             except ServiceError as exc:
                 failed(i, session_id, exc)
         await asyncio.gather(
-            *(self._run_group(owner, members, ok, failed, starting) for members in groups.values())
+            *(self._run_group(owner, members, ok, failed, progress) for members in groups.values())
         )
 
     async def _run_group(
@@ -205,14 +216,16 @@ class BulkSteps:
         members: Sequence[tuple[int, Served, Decoded, SessionRecord, dict[str, Any]]],
         ok: Answered,
         failed: Failed,
-        starting: Starting | None,
+        progress: Progress | None,
     ) -> None:
         manager = self.manager
         served = members[0][1]
         jobs = [stepping.job(s, decoded, record) for _, s, decoded, record, _ in members]
-        if starting is not None:
-            starting(served, [i for i, *_ in members])
+        if progress is not None:
+            progress.starting(served, [i for i, *_ in members])
         outcomes = await served.batcher.run_now(jobs, members[0][2].events)
+        if progress is not None:
+            await progress.returned()
         for (i, _, decoded, record, payload), outcome in zip(members, outcomes, strict=True):
             session_id = record.session_id
             try:

@@ -30,7 +30,7 @@ from service.stepping import answer_body, answer_json
 from service.store import MemoryStore, StoredAnswer
 
 if TYPE_CHECKING:
-    from service.bulk import Answered, Failed, Starting, Step
+    from service.bulk import Answered, Failed, Progress, Step
     from service.sessions import SessionManager
     from service.stepping import Served
 
@@ -46,7 +46,7 @@ class SlabLane:
         lane: list[Step],
         ok: Answered,
         failed: Failed,
-        starting: Starting | None = None,
+        progress: Progress | None = None,
     ) -> list[Step]:
         """Run the lane's steps that need no record; returns the others, for the general lane."""
         parts, rows = self.store.rows_of([session_id for _, session_id, _ in lane], owner)
@@ -76,24 +76,28 @@ class SlabLane:
                 if batch.steps:
                     batches.append(batch)
         for batch in batches:
-            await self._run(owner, batch, ok, failed, starting)
+            await self._run(owner, batch, ok, failed, progress)
         return rest
 
     async def _run(
-        self, owner: str | None, batch: _Batch, ok: Answered, failed: Failed, starting: Starting | None
+        self, owner: str | None, batch: _Batch, ok: Answered, failed: Failed, progress: Progress | None
     ) -> None:
         served, group, steps = batch.served, batch.group, batch.steps
         p, events = self.store.partition(batch.part), group.events
-        if starting is not None:
-            starting(served, [i for i, _, _ in steps])
+        if progress is not None:
+            progress.starting(served, [i for i, _, _ in steps])
         state = p.gather(batch.rows)  # [L, B, H] per tensor
         try:
             output = await served.batcher.run_prepared(
                 ModelRunner.prepared(group.x, group.params, state), len(steps), events
             )
         except InferenceFailed as exc:
+            output = exc
+        if progress is not None:
+            await progress.returned()
+        if isinstance(output, InferenceFailed):
             for i, session_id, _ in steps:
-                failed(i, session_id, exc)
+                failed(i, session_id, output)
             return
         outs, new_state = output
         before = batch.seqs.tolist()

@@ -92,8 +92,8 @@ class SessionManager:
         self.versions = ServedVersions(settings, metrics, self.registry, self.store, clock)
         self._turns = Turns()
         self._bulk = BulkSteps(self, self._turns)
-        overlap = 1 if isinstance(self.store, MemoryStore) else 2  # see StepLane
-        self._lane = StepLane(self._bulk, self._turns, settings, metrics, clock, overlap)
+        calls_ahead = 1 if isinstance(self.store, MemoryStore) else 2  # see service.step_lane
+        self._lane = StepLane(self._bulk, self._turns, settings, metrics, clock, calls_ahead)
         self._ready = False
         self._stopping = False
         self._housekeeping = Housekeeping(settings, metrics, self.store)

@@ -77,6 +77,45 @@ async def test_steps_of_many_sessions_share_one_call_and_answer_as_alone(
             assert (await manager.get(session_id, None)).seq == 1
 
 
+@pytest.mark.parametrize("store_backend", ["memory"])  # the memory store's rule: one call ahead
+async def test_the_next_batch_starts_its_call_before_the_last_one_answers(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """While a batch's call runs, the next batch waits; once the call returns, the next batch is taken
+    and its call started before the first batch's answers are written, and every step is still applied
+    once, in its own session."""
+    async with running(make_settings()) as manager:
+        create = schemas.CreateSession(model="lm-gru")
+        ids = [(await manager.create(create, None)).session_id for _ in range(4)]
+        served = manager.served_now("lm-gru/1")
+        assert served is not None
+        run_prepared, released = served.batcher.run_prepared, asyncio.Event()
+        first: list[asyncio.Task[bytes]] = []
+        answered_at_call: list[list[bool]] = []  # per call: which first-batch steps were answered
+
+        async def observed(prepared: Any, jobs: int, events: int) -> Any:
+            answered_at_call.append([task.done() for task in first])
+            if len(answered_at_call) == 1:
+                await released.wait()
+            return await run_prepared(prepared, jobs, events)
+
+        served.batcher.run_prepared = observed  # type: ignore[method-assign]
+        try:
+            first.extend(asyncio.create_task(manager.step_json(s, None, LM_STEP)) for s in ids[:2])
+            while not answered_at_call:
+                await asyncio.sleep(0.001)
+            second = [asyncio.create_task(manager.step_json(s, None, LM_STEP)) for s in ids[2:]]
+            await asyncio.sleep(0.02)
+            assert len(answered_at_call) == 1  # the second batch waits for the first call to return
+            released.set()
+            answers = await asyncio.wait_for(asyncio.gather(*first, *second), 10)
+        finally:
+            served.batcher.run_prepared = run_prepared  # type: ignore[method-assign]
+        assert answered_at_call == [[False, False], [False, False]]
+        assert [json.loads(a)["seq"] for a in answers] == [1, 1, 1, 1]
+        assert [(await manager.get(s, None)).seq for s in ids] == [1, 1, 1, 1]
+
+
 @pytest.mark.parametrize("store_backend", ["memory"])  # holds the slab lane's call
 async def test_a_caller_cancelled_before_its_step_is_taken_applies_nothing(
     make_settings: Callable[..., Settings],
