@@ -3,7 +3,8 @@
     server CPU per event   user + system time of the server process (/proc/<pid>/stat, all its threads)
                            over the measured phase / events answered: the load generator never counts
     ORT CPU per event      this process's CPU time stepping the same graph in-process at the server's
-                           mean batch size (its /metrics), same thread settings, state fed back
+                           mean batch size (its /metrics), same thread settings, state fed back;
+                           measured for 1 s right after the cell's first server, once per cell
     inference share        ORT CPU per event / server CPU per event (1.0: the server is pure inference)
 
 per task (lm, sensor) and transport: `http` (POST /v1/sessions/{id}/events, one event per request),
@@ -51,12 +52,18 @@ TRANSPORTS = ("http", "ws", "bulk", "bulk_ws")
 
 
 class OrtCost:
-    """ONNX Runtime's CPU time per event in this process, by (task, batch size), measured once each."""
+    """ONNX Runtime's CPU time per event in this process, by (task, batch size), measured once per cell:
+    `new_cell()` forgets the figures, so that each cell's share is taken against a reference measured
+    right after it ran (a shared VM's speed drifts by 10-20% over minutes), and the servers of one cell,
+    side by side, against the same one."""
 
-    def __init__(self, arts: dict[str, Artifact], threads: int, seconds: float = 0.5) -> None:
+    def __init__(self, arts: dict[str, Artifact], threads: int, seconds: float = 1.0) -> None:
         self.arts, self.threads, self.seconds = arts, threads, seconds
         self._sessions: dict[str, Any] = {}
         self._cache: dict[tuple[str, int], float] = {}
+
+    def new_cell(self) -> None:
+        self._cache.clear()
 
     def us_per_event(self, task: str, batch: int) -> float:
         key = (task, max(1, batch))
@@ -223,6 +230,7 @@ def run(
     rows = []
     for task, transport, n in cells:
         bodies = event_bodies(arts[task], 1)
+        ort.new_cell()
         cell = []
         for server in servers:
             if floor.skips(server.name, transport):

@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         systems += [(f"redis x{n}", {"store": "redis"}, n) for n in counts]
         for name, store, count in systems:
             for cell in args.cells:
+                ort.new_cell()
                 with contextlib.ExitStack() as stack:
                     redis_pid = None
                     if store:
