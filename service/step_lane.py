@@ -90,8 +90,7 @@ class StepLane:
         )
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._calling = 0  # flushes in progress whose call has not returned
-        self._unstarted = 0  # flushes created that have not run yet
+        self._flushes: set[_Flush] = set()  # in progress
         self._changed: asyncio.Future[None] | None = None  # the loop waits on it for room
 
     def start(self) -> None:
@@ -139,30 +138,33 @@ class StepLane:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        flushes: set[asyncio.Task[None]] = set()
+        flushes = self._flushes
         try:
             while (steps := await self._queue.next()) is not None:
                 flush = _Flush(self, steps)
-                self._unstarted += 1
-                task = loop.create_task(self._flush(flush))
-                flushes.add(task)
-                task.add_done_callback(functools.partial(self._ended, flushes, flush))
-                while len(flushes) >= _FLUSHES or self._calling >= self.calls_ahead:
+                flush.task = loop.create_task(self._flush(flush))
+                flushes.add(flush)
+                flush.task.add_done_callback(functools.partial(self._ended, flush))
+                while len(flushes) >= _FLUSHES or self._calling() >= self.calls_ahead:
                     self._changed = loop.create_future()
                     await self._changed
             if flushes:
-                await asyncio.wait(flushes)
+                await asyncio.wait([flush.task for flush in flushes])
         except asyncio.CancelledError:  # stopped past the drain: each flush answers what it holds
-            for task in flushes:
-                task.cancel()
+            for flush in flushes:
+                flush.task.cancel()
             raise
 
-    def _ended(self, flushes: set[asyncio.Task[None]], flush: _Flush, task: asyncio.Task[None]) -> None:
-        flushes.discard(task)
-        if not flush.started:  # cancelled before it ran (shutdown)
-            flush.started = True
-            self._unstarted -= 1
-        flush.mark_returned()
+    def _calling(self) -> int:
+        """Flushes in progress whose (first) call has not returned."""
+        return sum(flush.calling for flush in self._flushes)
+
+    def _unstarted(self) -> bool:
+        """Whether a flush in progress has not run yet."""
+        return any(not flush.started for flush in self._flushes)
+
+    def _ended(self, flush: _Flush, _: asyncio.Task[None]) -> None:
+        self._flushes.discard(flush)
         self._wake()
 
     def _wake(self) -> None:
@@ -171,7 +173,6 @@ class StepLane:
 
     async def _flush(self, flush: _Flush) -> None:
         flush.started = True
-        self._unstarted -= 1
         by_owner: dict[str | None, list[_Step]] = {}
         for step in flush.steps:
             by_owner.setdefault(step.owner, []).append(step)
@@ -209,31 +210,28 @@ _HANDOVER_TURNS = 4  # at most, for the next flush to reach its call (it takes t
 
 
 class _Flush:
-    """One batch of the lane in progress."""
+    """One batch of the lane in progress: `started` once its task runs, `calling` until its (first)
+    call returns."""
 
-    __slots__ = ("calling", "lane", "started", "steps")
+    __slots__ = ("calling", "lane", "started", "steps", "task")
+
+    task: asyncio.Task[None]
 
     def __init__(self, lane: StepLane, steps: list[_Step]) -> None:
         self.lane, self.steps, self.calling, self.started = lane, steps, True, False
-        lane._calling += 1
-
-    def mark_returned(self) -> None:
-        """Its (first) call has returned, or it ended: the loop may start the next flush."""
-        if self.calling:
-            self.calling = False
-            self.lane._calling -= 1
-            self.lane._wake()
 
     async def returned(self) -> None:
         """After a call: let the next flush start and run up to its own call before this one goes on
         to its answers and commit. One turn of the event loop lets the lane's loop take the next batch
         and create its flush, the next lets that flush run until it awaits its call; with nothing
         queued, one turn is all it costs."""
-        self.mark_returned()
         lane = self.lane
+        if self.calling:  # the loop may start the next flush
+            self.calling = False
+            lane._wake()
         for _ in range(_HANDOVER_TURNS):
             await asyncio.sleep(0)
-            if not lane._unstarted:
+            if not lane._unstarted():
                 return
 
 
