@@ -65,6 +65,10 @@ class LmPredictor:
         self.lowercase = spec.tokenizer.lowercase
         self.settings = settings
         self.top_k_cap = min(settings.max_top_k, len(self.vocab))  # once: `_request` runs per step
+        # top_k -> the candidates to ask the batch for when the specials are left out: as many more as
+        # there are specials, so that k others remain after leaving them out (a look-up, per step)
+        extra = len(self.special_ids)
+        self.wanted_without_specials = [min(k + extra, len(self.vocab)) for k in range(self.top_k_cap + 1)]
         self.unknown_counter = metrics.unknown_tokens.labels(model.name, model.version) if metrics else None
 
     def tokenize(self, text: str) -> list[str]:
@@ -108,14 +112,16 @@ class LmPredictor:
         for n in np.flatnonzero(unknown).tolist():
             unknown.flat[n] = words[n] not in index
         self._count_unknown(unknown)
-        requests = [self._request(plain, tokens, unknown[j]) for j, (_, plain, tokens) in enumerate(members)]
+        positions, plains, token_lists = zip(*members, strict=True)  # in C, not a comprehension per column
+        requests = map(self._request, plains, token_lists, unknown)
+        fps, contexts, wanted = zip(*requests, strict=True)
         return DecodedMany(
-            [n for n, _, _ in members],
+            list(positions),
             ids,
-            [plain[0] for _, plain, _ in members],
-            [fp for fp, _, _ in requests],
-            [context for _, context, _ in requests],
-            np.array([wanted for _, _, wanted in requests], np.int64),
+            [plain[0] for plain in plains],
+            list(fps),
+            list(contexts),
+            np.array(wanted, np.int64),
         )
 
     def _tokens(self, plain: _Plain) -> list[str]:
@@ -131,13 +137,12 @@ class LmPredictor:
     def _request(self, plain: _Plain, tokens: list[str], unknown: np.ndarray) -> tuple[int, LmContext, int]:
         """(payload fingerprint, context, candidates to ask the batch for) of one decoded request."""
         seq, _, _, top_k, special = plain
-        top_k = min(top_k, self.top_k_cap)
+        if top_k > self.top_k_cap:  # not min(): this runs per step of a bulk request
+            top_k = self.top_k_cap
         fp = 0
         if seq is not None:
             fp = fingerprint("\x00".join(tokens).encode(), f"{top_k}:{special:d}".encode())
-        # without the specials, ask the batch for as many more candidates as there are specials, so
-        # that k others remain after leaving them out
-        wanted = top_k if special or top_k == 0 else min(top_k + len(self.special_ids), len(self.vocab))
+        wanted = top_k if special or top_k == 0 else self.wanted_without_specials[top_k]
         return fp, LmContext(tokens, unknown, top_k, special), wanted
 
     def postprocess(self, outputs: list[np.ndarray], x: np.ndarray, params: np.ndarray) -> list[np.ndarray]:
@@ -332,10 +337,14 @@ def _plain_events(payload: dict[str, object]) -> _Plain | None:
         return None
     tokens, text = payload.get("tokens"), payload.get("text")
     if tokens is not None:
-        if type(tokens) is not list or not all(type(t) is str for t in tokens):
+        if type(tokens) is not list:
+            return None
+        try:
+            joined = " ".join(tokens)  # a word that is not a string (JSON: a number, null...) raises
+        except TypeError:
             return None
         # text the answer cannot echo (lone surrogates, control characters): the schema words the 422
-        return (seq, tokens, None, top_k, special) if schemas.is_text(" ".join(tokens)) else None
+        return (seq, tokens, None, top_k, special) if schemas.is_text(joined) else None
     return (seq, None, text, top_k, special) if type(text) is str and schemas.is_text(text) else None
 
 
