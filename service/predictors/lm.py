@@ -127,7 +127,7 @@ class LmPredictor:
     def _tokens(self, plain: _Plain) -> list[str]:
         _, given, text, _, _ = plain
         if given is not None:
-            return [t.lower() for t in given] if self.lowercase else list(given)
+            return list(map(str.lower, given)) if self.lowercase else list(given)
         return self.tokenize(text or "")
 
     def _count_unknown(self, unknown: np.ndarray) -> None:
