@@ -10,6 +10,7 @@ Predictors hold no session state and never touch ONNX Runtime; the batcher and r
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -126,12 +127,15 @@ def validate(model: type[R], payload: object) -> R:
 
 def fingerprint(*parts: bytes) -> int:
     """64-bit digest of a request's payload parts (collisions matter only against the same session's
-    last request at the same seq)."""
+    last request at the same seq): BLAKE2b-64 of the parts, each preceded by its length (8 bytes, little
+    endian). Stored answers keep it (snapshots, Redis), so the definition must not change."""
     digest = hashlib.blake2b(digest_size=8)
     for part in parts:
-        digest.update(len(part).to_bytes(8, "little"))
-        digest.update(part)
+        digest.update(_LENGTH(len(part)) + part)  # one update per part: this runs per step with a seq
     return int.from_bytes(digest.digest(), "little")
+
+
+_LENGTH = struct.Struct("<Q").pack
 
 
 def check_event_count(events: int, limit: int) -> None:

@@ -141,7 +141,7 @@ class LmPredictor:
             top_k = self.top_k_cap
         fp = 0
         if seq is not None:
-            fp = fingerprint("\x00".join(tokens).encode(), f"{top_k}:{special:d}".encode())
+            fp = fingerprint("\x00".join(tokens).encode(), b"%d:%d" % (top_k, special))
         wanted = top_k if special or top_k == 0 else self.wanted_without_specials[top_k]
         return fp, LmContext(tokens, unknown, top_k, special), wanted
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 from typing import TypedDict, Unpack
@@ -64,6 +65,25 @@ def test_lm_decodes_tokens_and_text_with_unknown_words(registry: Registry) -> No
         predictor.decode({"tokens": ["w3", "w10", "nope", "<eos>"], "top_k": 2}).fingerprint
         != decoded.fingerprint
     )
+
+
+def _framed_digest(*parts: bytes) -> int:
+    """The fingerprint's definition, written out: BLAKE2b-64 of one byte string in which each part
+    follows its length (8 bytes, little endian)."""
+    framed = b"".join(len(part).to_bytes(8, "little") + part for part in parts)
+    return int.from_bytes(hashlib.blake2b(framed, digest_size=8).digest(), "little")
+
+
+@pytest.mark.parametrize("special", [False, True])
+def test_lm_fingerprints_are_the_ones_stored_answers_hold(registry: Registry, special: bool) -> None:
+    """Snapshots and Redis keep each session's last answer with its payload's fingerprint, so a replay
+    after an upgrade must fingerprint alike: the words joined by NUL, then "top_k:include_special"."""
+    predictor, _ = lm(registry)
+    body = {"tokens": ["w3", "nope", "w10"], "top_k": 3, "include_special": special, "seq": 0}
+    want = _framed_digest("\x00".join(body["tokens"]).encode(), f"3:{int(special)}".encode())  # type: ignore[arg-type]
+    assert predictor.decode(body).fingerprint == want
+    groups, rest = predictor.decode_many([body])
+    assert rest == [] and groups[0].fingerprints == [want]
 
 
 def test_lm_caps_top_k_and_refuses_too_many_events(registry: Registry) -> None:
