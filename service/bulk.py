@@ -37,10 +37,8 @@ if TYPE_CHECKING:
     from service.sessions import SessionManager
     from service.stepping import Served
 
-# one step's result: its JSON, or (array lane, no seq) the object itself, encoded with the others
-Result = bytes | dict[str, Any]
-# a step answered: (position, session id, its events answer: JSON, or (array lane) `{seq, outputs}`)
-Answered = Callable[[int, str, Result], None]
+# a step answered: (position, session id, its events answer's JSON)
+Answered = Callable[[int, str, bytes], None]
 # a step failed: (position, session id, error)
 Failed = Callable[[int, str, ServiceError], None]
 
@@ -109,17 +107,14 @@ class BulkSteps:
         self.slab = SlabLane(manager, store) if isinstance(store, MemoryStore) else None
 
     @staticmethod
-    def _answered(results: list[Result]) -> Answered:
-        def answered(i: int, session_id: str, answer: Result) -> None:
-            if type(answer) is dict:
-                results[i] = {"session_id": session_id, **answer}
-            else:
-                results[i] = _ok(session_id, answer)  # type: ignore[arg-type]
+    def _answered(results: list[bytes]) -> Answered:
+        def answered(i: int, session_id: str, answer: bytes) -> None:
+            results[i] = _ok(session_id, answer)
 
         return answered
 
     @staticmethod
-    def _refused(results: list[Result]) -> Failed:
+    def _refused(results: list[bytes]) -> Failed:
         def refused(i: int, session_id: str, error: ServiceError) -> None:
             results[i] = _failed(session_id, error)
 
@@ -130,7 +125,7 @@ class BulkSteps:
         manager = self.manager
         manager.check_open()
         steps = steps_of(body, manager.settings.max_steps_per_request)
-        results: list[Result] = [b""] * len(steps)
+        results: list[bytes] = [b""] * len(steps)
         batch: list[tuple[int, str, dict[str, Any]]] = []
         queued: list[tuple[int, str, dict[str, Any]]] = []
         seen: set[str] = set()
@@ -162,8 +157,7 @@ class BulkSteps:
                 self.turns.release(session_id)
         for (i, _, _), task in zip(queued, tasks, strict=True):
             results[i] = await task
-        # one encoder pass: answers the array lane left as objects, the rest as they were encoded
-        return orjson.dumps({"results": [r if type(r) is dict else orjson.Fragment(r) for r in results]})
+        return b'{"results":[' + b",".join(results) + b"]}"
 
     async def _queued(self, owner: str | None, session_id: str, payload: dict[str, Any]) -> bytes:
         try:

@@ -6,7 +6,7 @@
       -> per partition, predictor.decode_many: x [B, T(, F)] per event count T       (not plain: rest)
       -> the slab's seq [B]: a step whose `seq` does not match is left to the rest   (replay or 409)
       -> gather [L, B, H] (np.take), ONE ONNX Runtime call on the batcher's thread (Batcher.run_prepared)
-      -> predictor.encode_many_json (lm) or encode_many (sensor) from the batch's arrays
+      -> predictor.encode_many_json: the answers' JSON from the batch's arrays
       -> commit_rows: check-and-set per row, state / seq / stored answers in one vectorized write
 
 What this lane leaves (the rest) goes the general way (`BulkSteps._batch_lane`: a record per step,
@@ -18,15 +18,14 @@ by `step_locked`, as the general lane does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from service.errors import InferenceFailed, ServiceError
-from service.predictors.base import DecodedMany, EncodesJson, Predictor
+from service.predictors.base import DecodedMany, Predictor
 from service.runner import ModelRunner
-from service.stepping import answer_body, answer_json
+from service.stepping import answer_json
 from service.store import MemoryStore, StoredAnswer
 
 if TYPE_CHECKING:
@@ -121,32 +120,16 @@ class SlabLane:
 
 def _answers(
     predictor: Predictor, group: DecodedMany, outs: list[np.ndarray], before: list[int]
-) -> tuple[list[StoredAnswer | None], Sequence[bytes | dict[str, Any]]]:
-    """Each step's answer to store (steps with `seq`, for replays) and its events answer: JSON where
-    the predictor writes it from the arrays (lm), else objects `{seq, outputs}` for the steps without
-    `seq`, which bulk ingest encodes with the whole response in one pass (sensor)."""
-    events, seqs = group.events, list(zip(group.seqs, group.fingerprints, strict=True))
-    if isinstance(predictor, EncodesJson):
-        encoded = predictor.encode_many_json(group, outs, before)
-        written = [answer_json(b + events, o) for b, o in zip(before, encoded, strict=True)]
-        stored = [
-            None if seq is None else StoredAnswer(seq, fp, body)
-            for (seq, fp), body in zip(seqs, written, strict=True)
-        ]
-        return stored, written
-    answers: list[StoredAnswer | None] = []
-    bodies: list[bytes | dict[str, Any]] = []
-    for seq_before, outputs, (seq, fp) in zip(
-        before, predictor.encode_many(group, outs, before), seqs, strict=True
-    ):
-        if seq is None:
-            answers.append(None)
-            bodies.append({"seq": seq_before + events, "outputs": outputs})
-        else:
-            body = answer_body(seq_before + events, outputs)
-            answers.append(StoredAnswer(seq, fp, body))
-            bodies.append(body)
-    return answers, bodies
+) -> tuple[list[StoredAnswer | None], list[bytes]]:
+    """Each step's answer to store (steps with `seq`, for replays) and its events answer (JSON)."""
+    events, seqs = group.events, zip(group.seqs, group.fingerprints, strict=True)
+    encoded = predictor.encode_many_json(group, outs, before)
+    written = [answer_json(b + events, o) for b, o in zip(before, encoded, strict=True)]
+    stored = [
+        None if seq is None else StoredAnswer(seq, fp, body)
+        for (seq, fp), body in zip(seqs, written, strict=True)
+    ]
+    return stored, written
 
 
 class _Batch:

@@ -40,8 +40,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from service.errors import ServiceError, ShuttingDown
 from service.gathering import Gathering
 from service.metrics import Metrics, observe_many
@@ -49,7 +47,7 @@ from service.settings import Settings
 from service.turns import Turns
 
 if TYPE_CHECKING:
-    from service.bulk import BulkSteps, Result
+    from service.bulk import BulkSteps
     from service.stepping import Served
 
 log = logging.getLogger(__name__)
@@ -182,9 +180,9 @@ class StepLane:
     async def _run(self, owner: str | None, steps: list[_Step], flush: _Flush) -> None:
         answered = [False] * len(steps)
 
-        def ok(i: int, _: str, answer: Result) -> None:
+        def ok(i: int, _: str, answer: bytes) -> None:
             answered[i] = True
-            self._answer(steps[i], answer if type(answer) is bytes else orjson.dumps(answer))
+            self._answer(steps[i], answer)
 
         def failed(i: int, _: str, error: ServiceError) -> None:
             answered[i] = True

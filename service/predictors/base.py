@@ -13,7 +13,7 @@ import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
@@ -86,23 +86,12 @@ class Predictor(Protocol):
         (it refuses them, or converts them)."""
         ...
 
-    def encode_many(
-        self, group: DecodedMany, outputs: list[np.ndarray], seq_before: list[int]
-    ) -> list[list[dict[str, Any]]]:
-        """`encode` of each step of `group`, from the batch's arrays [B, ...] (postprocess's, or the
-        session statistics'); `seq_before`: each session's seq before its step."""
-        ...
-
-
-@runtime_checkable
-class EncodesJson(Protocol):
-    """A predictor that also writes `encode_many`'s answers as JSON itself (lm: bulk ingest's cost
-    beside inference was in building and encoding a dict per event and suggestion)."""
-
     def encode_many_json(
         self, group: DecodedMany, outputs: list[np.ndarray], seq_before: list[int]
     ) -> list[bytes]:
-        """orjson's bytes of each step's `encode_many` answer (its list of outputs), exactly."""
+        """What `encode` answers for each step of `group`, as orjson writes it (each step's list of
+        outputs), from the batch's arrays [B, ...] (postprocess's, or the session statistics') without
+        an object per event; `seq_before`: each session's seq before its step."""
         ...
 
 

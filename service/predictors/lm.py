@@ -165,25 +165,14 @@ class LmPredictor:
         words, probs = self._suggestions(top_ids[None], top_probs[None], [context])
         return self._outputs(context, decoded.x.tolist(), came.tolist(), words[0], probs[0], seq_before == 0)
 
-    def encode_many(
-        self, group: DecodedMany, outputs: list[np.ndarray], seq_before: list[int]
-    ) -> list[list[dict[str, Any]]]:
-        _, _, came, top_ids, top_probs = outputs  # [B, T], [B, T, k'], [B, T, k']
-        words, probs = self._suggestions(top_ids, top_probs, group.contexts)
-        ids, came_rows = group.x.tolist(), came.tolist()
-        return [
-            self._outputs(context, ids[j], came_rows[j], words[j], probs[j], before == 0)
-            for j, (context, before) in enumerate(zip(group.contexts, seq_before, strict=True))
-        ]
-
     def encode_many_json(
         self, group: DecodedMany, outputs: list[np.ndarray], seq_before: list[int]
     ) -> list[bytes]:
-        """encode_many's answers as JSON, each step's outputs list exactly as orjson writes it, from the
+        """`encode` of each step as JSON, its outputs list exactly as orjson writes it, from the
         batch's arrays: each value of an event's output a piece of JSON (numbers by one orjson pass
         per array, words from the vocabulary's JSON), the pieces in columns, each event written by one
         %-format over its row (zip: no list per row), with no dict per event and per suggestion and
-        no list of floats (512 steps: ~2.5x less than encode_many and orjson)."""
+        no list of floats (512 steps: ~2.5x less than a dict per event and orjson)."""
         _, _, came, top_ids, top_probs = outputs  # [B, T], [B, T, k'], [B, T, k']
         contexts, (steps, t) = group.contexts, came.shape
         top_ids, top_probs = self._ranked(top_ids, top_probs, contexts)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from service import schemas
 from service.anomaly import ALERT, SessionStats
@@ -30,6 +31,7 @@ from service.daytime import hours_of
 from service.errors import InvalidInput
 from service.metrics import Metrics
 from service.predictors.base import Decoded, DecodedMany, check_event_count, fingerprint, validate
+from service.predictors.jsonout import arrays, fill, numbers
 from service.registry import LoadedModel
 from service.runner import StepResult
 from service.settings import Settings
@@ -128,6 +130,7 @@ class SensorPredictor:
         )
         self.settings = settings
         self.anomaly_counter = metrics.anomalies.labels(model.name, model.version) if metrics else None
+        self.event_json = _event_json(len(self.features))
 
     def decode(self, payload: dict[str, object]) -> Decoded:
         plain = _plain_events(payload)
@@ -255,19 +258,43 @@ class SensorPredictor:
             self.anomaly_counter.inc(flagged)
         return outputs
 
-    def encode_many(
+    def encode_many_json(
         self, group: DecodedMany, outputs: list[np.ndarray], seq_before: list[int]
-    ) -> list[list[dict[str, Any]]]:
-        # [B, T(, F)] each, as lists: one conversion per batch, then each step's rows
-        rows = zip(*(a.tolist() for a in outputs), strict=True)
-        encoded, flagged = [], 0
-        for row, context, before in zip(rows, group.contexts, seq_before, strict=True):
-            step, count = self._outputs(row, context.timestamps, before == 0)
-            encoded.append(step)
-            flagged += count
-        if flagged and self.anomaly_counter is not None:
-            self.anomaly_counter.inc(flagged)
-        return encoded
+    ) -> list[bytes]:
+        """`encode` of each step as the JSON orjson writes for it, from the batch's arrays: each
+        field's values as JSON by one orjson pass per array (`numbers`: NaN null, as for a float), in
+        columns, each event written by one %-format over its row, with no dict per event."""
+        mean, std, score, probability, likelihood, surprise, alarm = outputs  # [B, T, F] x 2, [B, T] x 5
+        t = score.shape[1]
+        flagged = probability.reshape(-1) >= ALERT  # [N = B * T], as the columns below
+        is_anomaly: list[bytes] = np.where(flagged, b"true", b"false").tolist()
+        scalars = [numbers(score), numbers(probability), is_anomaly]
+        scalars += [numbers(likelihood), numbers(surprise), numbers(alarm)]
+        for n in [j * t for j, before in enumerate(seq_before) if before == 0]:
+            flagged[n] = False  # a session's first reading: nothing was predicted, all null
+            for column in scalars:
+                column[n] = b"null"
+        features = mean.shape[2]
+        means, stds = numbers(mean), numbers(std)  # [N * F], by event
+        columns = [*scalars, *(means[f::features] for f in range(features))]
+        columns += [stds[f::features] for f in range(features)]
+        columns.append(self._timestamps_json(group.contexts, t))
+        count = int(np.count_nonzero(flagged))
+        if count and self.anomaly_counter is not None:
+            self.anomaly_counter.inc(count)
+        return arrays(fill(self.event_json, zip(*columns, strict=True)), t)
+
+    @staticmethod
+    def _timestamps_json(contexts: Sequence[SensorContext], t: int) -> list[bytes]:
+        """Each event's timestamp as JSON (the request's value, null where it gave none), by event."""
+        none = [b"null"] * t
+        stamps: list[bytes] = []
+        for context in contexts:
+            if context.timestamps is None:
+                stamps += none
+            else:
+                stamps += map(orjson.dumps, context.timestamps)
+        return stamps
 
     @staticmethod
     def _outputs(
@@ -306,3 +333,12 @@ class SensorPredictor:
                 strict=True,
             )
         ], count
+
+
+def _event_json(features: int) -> bytes:
+    """The %-template of one event's output, as orjson writes `_outputs`'s dicts: the six scalars,
+    then `features` values of the predicted mean and as many of its std, then the timestamp (JSON)."""
+    values = b",".join([b"%s"] * features)
+    scalars = b'"score":%s,"probability":%s,"is_anomaly":%s,"likelihood":%s,"surprise":%s,"alarm":%s'
+    vectors = b'"predicted_mean":[' + values + b'],"predicted_std":[' + values + b"]"
+    return b"{" + scalars + b"," + vectors + b',"timestamp":%s}'

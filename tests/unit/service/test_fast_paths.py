@@ -12,10 +12,11 @@ import orjson
 import pytest
 
 from service.errors import ServiceError
+from service.metrics import Metrics
 from service.predictors import LmPredictor, SensorPredictor, make_predictor
 from service.predictors import lm as lm_module
 from service.predictors import sensor as sensor_module
-from service.predictors.base import Decoded
+from service.predictors.base import Decoded, DecodedMany
 from service.predictors.topk import top_k
 from service.registry import Registry
 from service.runner import StepResult
@@ -188,9 +189,9 @@ def module_of(predictor: LmPredictor | SensorPredictor) -> Any:
 
 
 @pytest.mark.parametrize(("model", "bodies"), [("lm-gru", MANY_LM), ("sensor-rnn", MANY_SENSOR)])
-def test_encode_many_is_encode_of_each(registry: Registry, model: str, bodies: list[Any]) -> None:
-    """encode_many from a batch's arrays answers what `encode` answers from each step's rows (the same
-    JSON bytes), for sessions that start with this step (seq 0) and sessions that do not."""
+def test_encode_many_json_is_encode_of_each(registry: Registry, model: str, bodies: list[Any]) -> None:
+    """encode_many_json from a batch's arrays answers what `encode` answers from each step's rows (the
+    same JSON bytes), for sessions that start with this step (seq 0) and sessions that do not."""
     predictor = make_predictor(registry.get(model), Settings(snapshot_path=None))
     assert isinstance(predictor, LmPredictor | SensorPredictor)
     rng = np.random.default_rng(5)
@@ -199,7 +200,7 @@ def test_encode_many_is_encode_of_each(registry: Registry, model: str, bodies: l
     for group in groups:
         b, t = len(group.index), group.events
         if isinstance(predictor, SensorPredictor):
-            f = group.x.shape[2]
+            f = group.x.shape[2] - 1  # x's last column is the hour of the day
             outputs = [rng.standard_normal((b, t, f)), rng.random((b, t, f))]
             outputs += [
                 rng.standard_normal((b, t)),
@@ -216,22 +217,32 @@ def test_encode_many_is_encode_of_each(registry: Registry, model: str, bodies: l
             prior = log_probs[:, 0]
             outputs = predictor.postprocess([log_probs, prior], group.x, group.params)
         before = [int(v) for v in rng.integers(0, 3, b)]
-        many = predictor.encode_many(group, outputs, before)
-        for j in range(b):
-            decoded = Decoded(group.x[j], group.seqs[j], group.fingerprints[j], group.contexts[j])
-            result = StepResult([a[j] for a in outputs], before[j] + t, None)
-            alone = predictor.encode(decoded, result, before[j])
-            assert answer_body(result.seq, many[j]) == answer_body(result.seq, alone), (j, before[j])
+        many = predictor.encode_many_json(group, outputs, before)
+        for j, alone in enumerate(each_encoded(predictor, group, outputs, before)):
+            assert answer_json(before[j] + t, many[j]) == answer_body(before[j] + t, alone), (j, before[j])
+
+
+def each_encoded(
+    predictor: LmPredictor | SensorPredictor, group: DecodedMany, outputs: list[np.ndarray], before: list[int]
+) -> list[list[dict[str, Any]]]:
+    """`encode` of each step of `group` alone, from its rows of the batch's arrays: the reference."""
+    answers = []
+    for j in range(len(group.index)):
+        decoded = Decoded(group.x[j], group.seqs[j], group.fingerprints[j], group.contexts[j])
+        result = StepResult([a[j] for a in outputs], before[j] + group.events, None)
+        answers.append(predictor.encode(decoded, result, before[j]))
+    return answers
 
 
 # words the answer echoes as the request spelled them: JSON escapes, non-ASCII, the specials themselves
 ODD_WORDS = ['say "hi"', "back\\slash", "caf\u00e9", "\U0001f600", "\u2028", "<unk>", "<eos>", "W3", ""]
 
 
-def test_lm_encode_many_json_is_encode_many_in_orjson(registry: Registry) -> None:
+def test_lm_encode_many_json_is_encode_in_orjson(registry: Registry) -> None:
     """The JSON lm bulk answers are built from (encode_many_json) is byte for byte orjson's encoding of
-    encode_many's objects: steps of 1 to 3 events, top_k 0 to past the vocabulary, with and without
-    the specials, unknown and odd words, sessions at seq 0 and later, -inf and NaN log-probs."""
+    what `encode` answers for each step: steps of 1 to 3 events, top_k 0 to past the vocabulary, with
+    and without the specials, unknown and odd words, sessions at seq 0 and later, -inf and NaN
+    log-probs."""
     predictor = make_predictor(registry.get("lm-gru"), Settings(snapshot_path=None, max_top_k=64))
     assert isinstance(predictor, LmPredictor)
     rng = np.random.default_rng(8)
@@ -256,7 +267,51 @@ def test_lm_encode_many_json_is_encode_many_in_orjson(registry: Registry) -> Non
         prior[2, group.x[2, 0]] = np.nan
         outputs = predictor.postprocess([log_probs, prior], group.x, group.params)
         before = [int(v) for v in rng.integers(0, 3, b)]
-        objects = predictor.encode_many(group, outputs, before)
+        objects = each_encoded(predictor, group, outputs, before)
         built = predictor.encode_many_json(group, outputs, before)
         assert built == [orjson.dumps(o) for o in objects]
         assert [answer_json(7, o) for o in built] == [answer_body(7, o) for o in objects]
+
+
+# timestamps as a request may give them: text (escapes, non-ASCII), seconds as floats and as ints
+ODD_STAMPS: list[Any] = ["2014-04-01 13:05:00", 'say "hi"', "caf\u00e9", 1717171717.0, 7200, 0.1, -0.0]
+
+
+def test_sensor_encode_many_json_is_encode_in_orjson(registry: Registry) -> None:
+    """The JSON sensor answers are built from (encode_many_json) is byte for byte orjson's encoding of
+    what `encode` answers for each step, and flags as many anomalies: steps of 1 to 3 readings, with
+    and without timestamps, sessions at seq 0 and later, NaN, infinities and -0.0 among the values,
+    probabilities around the red alert."""
+    rng = np.random.default_rng(9)
+    bodies = [
+        {
+            "readings": rng.standard_normal((1 + n % 3, 3)).tolist(),
+            **({"timestamps": [ODD_STAMPS[(n + i) % 7] for i in range(1 + n % 3)]} if n % 2 else {}),
+        }
+        for n in range(45)
+    ]
+    counted = []
+    for encode in ("each", "encode_many_json"):
+        metrics = Metrics()
+        predictor = make_predictor(registry.get("sensor-rnn"), Settings(snapshot_path=None), metrics)
+        assert isinstance(predictor, SensorPredictor)
+        groups, rest = predictor.decode_many(bodies)
+        assert len(groups) == 3 and not rest
+        rng = np.random.default_rng(10)
+        answers = []
+        for group in groups:
+            b, t, f = len(group.index), group.events, group.x.shape[2] - 1
+            outputs = [rng.standard_normal((b, t, f)) * 1e3, rng.random((b, t, f))]
+            outputs += [rng.standard_normal((b, t)) for _ in range(5)]
+            outputs[3] = rng.choice([0.0, 0.25, 0.5, 0.5000001, 0.75, 1.0], (b, t))  # probability
+            for a in outputs:
+                a.flat[rng.integers(a.size, size=3)] = rng.choice([np.nan, np.inf, -np.inf, -0.0, 1e-320], 3)
+            before = [int(v) for v in rng.integers(0, 3, b)]
+            if encode == "each":
+                answers += [orjson.dumps(o) for o in each_encoded(predictor, group, outputs, before)]
+            else:
+                answers += predictor.encode_many_json(group, outputs, before)
+        counted.append((answers, metrics.anomalies.labels("sensor-rnn", "1")._value.get()))
+    (objects, flagged), (built, flagged_json) = counted
+    assert built == objects
+    assert flagged_json == flagged > 0
