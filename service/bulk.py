@@ -93,6 +93,13 @@ def _bad_step(i: int, step: object) -> InvalidInput:
     return InvalidInput(f"step {i}: each step is an object with a `session_id` string ({what})", index=i)
 
 
+def _events_body(step: dict[str, Any]) -> dict[str, Any]:
+    """A step's events body: the step without its session id."""
+    payload = step.copy()
+    del payload["session_id"]
+    return payload
+
+
 def _failed(session_id: str | None, error: ServiceError) -> bytes:
     return b'{"session_id":' + orjson.dumps(session_id) + b"," + error_json(error).encode()[1:]
 
@@ -126,21 +133,7 @@ class BulkSteps:
         manager.check_open()
         steps = steps_of(body, manager.settings.max_steps_per_request)
         results: list[bytes] = [b""] * len(steps)
-        batch: list[tuple[int, str, dict[str, Any]]] = []
-        queued: list[tuple[int, str, dict[str, Any]]] = []
-        seen: set[str] = set()
-        for i, step in enumerate(steps):
-            session_id = step.get("session_id") if isinstance(step, dict) else None
-            if type(session_id) is not str or not session_id or not is_text(session_id):
-                results[i] = _failed(None, _bad_step(i, step))
-                continue
-            payload = step.copy()  # the events body: the step without its session id
-            del payload["session_id"]
-            if session_id not in seen and self.turns.try_acquire(session_id):
-                batch.append((i, session_id, payload))
-            else:
-                queued.append((i, session_id, payload))
-            seen.add(session_id)
+        batch, queued = self._lanes(steps, results)
         # the queue lane starts now, in request order, so that its steps wait on their sessions' turns
         # behind the batch lane's (a task's first step runs before any later-created task's)
         tasks = [
@@ -153,11 +146,37 @@ class BulkSteps:
                 task.cancel()
             raise
         finally:
-            for _, session_id, _ in batch:
-                self.turns.release(session_id)
+            self.turns.release_all([session_id for _, session_id, _ in batch])
         for (i, _, _), task in zip(queued, tasks, strict=True):
             results[i] = await task
         return b'{"results":[' + b",".join(results) + b"]}"
+
+    def _lanes(self, steps: list[Any], results: list[bytes]) -> tuple[list[Step], list[Step]]:
+        """The steps split into the batch lane (their turns taken here) and the queue lane, each as
+        (position, session id, events body); a step that names no session fails here, in `results`."""
+        ids: list[Any] = [step.get("session_id") if type(step) is dict else None for step in steps]
+        distinct = set(ids) if set(map(type, ids)) <= {str} else set()  # (a list is not hashable)
+        # the common case: each step names a distinct session, all free: their turns taken at once
+        if (
+            len(distinct) == len(ids)
+            and "" not in distinct
+            and is_text("".join(ids))
+            and self.turns.try_acquire_all(ids)
+        ):
+            return list(zip(range(len(ids)), ids, map(_events_body, steps), strict=True)), []
+        batch: list[Step] = []
+        queued: list[Step] = []
+        seen: set[str] = set()
+        for i, (step, session_id) in enumerate(zip(steps, ids, strict=True)):
+            if type(session_id) is not str or not session_id or not is_text(session_id):
+                results[i] = _failed(None, _bad_step(i, step))
+                continue
+            if session_id not in seen and self.turns.try_acquire(session_id):
+                batch.append((i, session_id, _events_body(step)))
+            else:
+                queued.append((i, session_id, _events_body(step)))
+            seen.add(session_id)
+        return batch, queued
 
     async def _queued(self, owner: str | None, session_id: str, payload: dict[str, Any]) -> bytes:
         try:

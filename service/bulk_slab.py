@@ -25,7 +25,7 @@ import numpy as np
 from service.errors import InferenceFailed, ServiceError
 from service.predictors.base import DecodedMany, Predictor
 from service.runner import ModelRunner
-from service.stepping import answer_json
+from service.stepping import answers_json
 from service.store import MemoryStore, StoredAnswer
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def _answers(
     """Each step's answer to store (steps with `seq`, for replays) and its events answer (JSON)."""
     events, seqs = group.events, zip(group.seqs, group.fingerprints, strict=True)
     encoded = predictor.encode_many_json(group, outs, before)
-    written = [answer_json(b + events, o) for b, o in zip(before, encoded, strict=True)]
+    written = answers_json([b + events for b in before], encoded)
     stored = [
         None if seq is None else StoredAnswer(seq, fp, body)
         for (seq, fp), body in zip(seqs, written, strict=True)

@@ -15,7 +15,7 @@ unsequenced request that lost such a race is run again on the new state. Never b
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -27,6 +27,7 @@ from service.batcher import Batcher
 from service.errors import SequenceConflict, SessionDeleted
 from service.predictors import Predictor
 from service.predictors.base import Decoded
+from service.predictors.jsonout import fill
 from service.registry import LoadedModel
 from service.runner import StepJob, StepResult
 from service.store import SessionRecord, SessionStore, Status, StoredAnswer
@@ -113,9 +114,9 @@ def answer_body(seq: int, outputs: list[dict[str, Any]]) -> bytes:
     return orjson.dumps({"seq": seq, "outputs": outputs})
 
 
-def answer_json(seq: int, outputs: bytes) -> bytes:
-    """`answer_body` of outputs already encoded (a JSON array): the same bytes."""
-    return b'{"seq":%d,"outputs":%s}' % (seq, outputs)
+def answers_json(seqs: Iterable[int], outputs: Iterable[bytes]) -> list[bytes]:
+    """`answer_body` of each step's seq and outputs already encoded (a JSON array): the same bytes."""
+    return fill(b'{"seq":%d,"outputs":%s}', zip(seqs, outputs, strict=True))
 
 
 def _answer_hook(

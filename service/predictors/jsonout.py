@@ -3,6 +3,8 @@ Python objects: bulk ingest encodes a whole batch's answers without a dict per e
 
     numbers(a)          one orjson pass over a float64 array, split into each value's text (the same
                         digits as orjson gives a Python float: shortest round trip; NaN and inf null)
+    rows(a)             the same pass over [N, F], split into each row's values joined by commas (the
+                        inside of a JSON array: one piece per row for a vector field, not F)
     fill(template, rows) one %-format per row, run by map() in C: no Python frame per event
     arrays(items, size)  runs of items joined into JSON arrays (a step's events)
 """
@@ -22,6 +24,15 @@ def numbers(values: np.ndarray) -> list[bytes]:
         return []
     flat = np.ascontiguousarray(values, np.float64).ravel()
     return orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")  # no value holds a comma
+
+
+def rows(values: np.ndarray) -> list[bytes]:
+    """orjson's text of each row of `values` [N, F] (read as float64, F >= 1), its values joined by
+    commas, without the brackets."""
+    if values.size == 0:
+        return [b""] * len(values)
+    matrix = np.ascontiguousarray(values, np.float64)
+    return orjson.dumps(matrix, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")  # no value holds one
 
 
 def fill(template: bytes, rows: Iterable[tuple[Any, ...]]) -> list[bytes]:

@@ -31,7 +31,7 @@ from service.daytime import hours_of
 from service.errors import InvalidInput
 from service.metrics import Metrics
 from service.predictors.base import Decoded, DecodedMany, check_event_count, fingerprint, validate
-from service.predictors.jsonout import arrays, fill, numbers
+from service.predictors.jsonout import arrays, fill, numbers, rows
 from service.registry import LoadedModel
 from service.runner import StepResult
 from service.settings import Settings
@@ -130,7 +130,6 @@ class SensorPredictor:
         )
         self.settings = settings
         self.anomaly_counter = metrics.anomalies.labels(model.name, model.version) if metrics else None
-        self.event_json = _event_json(len(self.features))
 
     def decode(self, payload: dict[str, object]) -> Decoded:
         plain = _plain_events(payload)
@@ -274,15 +273,13 @@ class SensorPredictor:
             flagged[n] = False  # a session's first reading: nothing was predicted, all null
             for column in scalars:
                 column[n] = b"null"
-        features = mean.shape[2]
-        means, stds = numbers(mean), numbers(std)  # [N * F], by event
-        columns = [*scalars, *(means[f::features] for f in range(features))]
-        columns += [stds[f::features] for f in range(features)]
-        columns.append(self._timestamps_json(group.contexts, t))
+        events = score.size
+        vectors = [rows(a.reshape(events, a.shape[-1])) for a in (mean, std)]  # [N]: "m1,...,mF"
+        columns = [*scalars, *vectors, self._timestamps_json(group.contexts, t)]
         count = int(np.count_nonzero(flagged))
         if count and self.anomaly_counter is not None:
             self.anomaly_counter.inc(count)
-        return arrays(fill(self.event_json, zip(*columns, strict=True)), t)
+        return arrays(fill(_EVENT_JSON, zip(*columns, strict=True)), t)
 
     @staticmethod
     def _timestamps_json(contexts: Sequence[SensorContext], t: int) -> list[bytes]:
@@ -335,10 +332,9 @@ class SensorPredictor:
         ], count
 
 
-def _event_json(features: int) -> bytes:
-    """The %-template of one event's output, as orjson writes `_outputs`'s dicts: the six scalars,
-    then `features` values of the predicted mean and as many of its std, then the timestamp (JSON)."""
-    values = b",".join([b"%s"] * features)
-    scalars = b'"score":%s,"probability":%s,"is_anomaly":%s,"likelihood":%s,"surprise":%s,"alarm":%s'
-    vectors = b'"predicted_mean":[' + values + b'],"predicted_std":[' + values + b"]"
-    return b"{" + scalars + b"," + vectors + b',"timestamp":%s}'
+# one event's output as orjson writes `_outputs`'s dicts: the six scalars, the predicted mean's and
+# std's values (each one piece: `jsonout.rows`), the timestamp (JSON)
+_EVENT_JSON = (
+    b'{"score":%s,"probability":%s,"is_anomaly":%s,"likelihood":%s,"surprise":%s,"alarm":%s,'
+    b'"predicted_mean":[%s],"predicted_std":[%s],"timestamp":%s}'
+)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from itertools import repeat
 
 import numpy as np
 
 from service.errors import SessionNotFound, session_gone
-from service.store.base import SessionKey, session_key
+from service.store.base import SessionKey, session_key, session_keys
 from service.store.tombstones import Tombstones
 
 _ROW_BITS = 32
@@ -72,8 +73,8 @@ class SessionIds:
 
     def locate_many(self, session_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(partition, row) [B] of each id; partition -1 for an id that is not live."""
-        get = self.live.get
-        packed = np.fromiter((get(session_key(s), -1) for s in session_ids), np.int64, len(session_ids))
+        keys = session_keys(session_ids)
+        packed = np.fromiter(map(self.live.get, keys, repeat(-1)), np.int64, len(keys))
         return packed >> _ROW_BITS, packed & _ROW_MASK
 
     def end(

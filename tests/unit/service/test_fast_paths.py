@@ -13,7 +13,7 @@ import pytest
 
 from service.errors import ServiceError
 from service.metrics import Metrics
-from service.predictors import LmPredictor, SensorPredictor, make_predictor
+from service.predictors import LmPredictor, SensorPredictor, jsonout, make_predictor
 from service.predictors import lm as lm_module
 from service.predictors import sensor as sensor_module
 from service.predictors.base import Decoded, DecodedMany
@@ -21,7 +21,7 @@ from service.predictors.topk import top_k
 from service.registry import Registry
 from service.runner import StepResult
 from service.settings import Settings
-from service.stepping import answer_body, answer_json
+from service.stepping import answer_body, answers_json
 
 pytestmark = pytest.mark.unit
 
@@ -218,8 +218,10 @@ def test_encode_many_json_is_encode_of_each(registry: Registry, model: str, bodi
             outputs = predictor.postprocess([log_probs, prior], group.x, group.params)
         before = [int(v) for v in rng.integers(0, 3, b)]
         many = predictor.encode_many_json(group, outputs, before)
-        for j, alone in enumerate(each_encoded(predictor, group, outputs, before)):
-            assert answer_json(before[j] + t, many[j]) == answer_body(before[j] + t, alone), (j, before[j])
+        after = [b + t for b in before]
+        objects = each_encoded(predictor, group, outputs, before)
+        alone = [answer_body(seq, o) for seq, o in zip(after, objects, strict=True)]
+        assert answers_json(after, many) == alone
 
 
 def each_encoded(
@@ -270,7 +272,7 @@ def test_lm_encode_many_json_is_encode_in_orjson(registry: Registry) -> None:
         objects = each_encoded(predictor, group, outputs, before)
         built = predictor.encode_many_json(group, outputs, before)
         assert built == [orjson.dumps(o) for o in objects]
-        assert [answer_json(7, o) for o in built] == [answer_body(7, o) for o in objects]
+        assert answers_json([7] * len(built), built) == [answer_body(7, o) for o in objects]
 
 
 # timestamps as a request may give them: text (escapes, non-ASCII), seconds as floats and as ints
@@ -315,3 +317,20 @@ def test_sensor_encode_many_json_is_encode_in_orjson(registry: Registry) -> None
     (objects, flagged), (built, flagged_json) = counted
     assert built == objects
     assert flagged_json == flagged > 0
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 1), (4, 3), (3, 17), (0, 4)])
+def test_rows_and_numbers_are_orjson_of_the_values(shape: tuple[int, int]) -> None:
+    """`jsonout.rows` (a row's values as the inside of a JSON array) and `jsonout.numbers` (each value)
+    against orjson's encoding of the same values as Python floats: float32 and float64, NaN and
+    infinities (null), -0.0, subnormals, integers and large magnitudes."""
+    rng = np.random.default_rng(shape[1])
+    odd = [np.nan, np.inf, -np.inf, -0.0, 5e-324, 1e-320, 3.0, 1e22, -1.5e300, 0.1]
+    base = rng.standard_normal(shape) * 10.0 ** rng.integers(-8, 8, shape)
+    base.flat[rng.integers(max(base.size, 1), size=min(base.size, 6))] = rng.choice(odd, 6)[: base.size]
+    for dtype in (np.float32, np.float64):
+        with np.errstate(over="ignore"):  # 1e300 as float32: inf
+            values = base.astype(dtype)
+        want_rows = [orjson.dumps(row)[1:-1] for row in values.tolist()]
+        assert jsonout.rows(values) == want_rows
+        assert jsonout.numbers(values) == [orjson.dumps(v) for v in values.reshape(-1).tolist()]

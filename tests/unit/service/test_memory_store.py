@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import secrets
 import sys
 import tracemalloc
 from dataclasses import replace
@@ -210,6 +211,26 @@ def test_session_keys_are_raw_bytes_only_for_exact_128_bit_hex_ids() -> None:
         assert session_key(ours) == bytes.fromhex(ours) and key_to_id(session_key(ours)) == ours
     for theirs in ("0123456789ABCDEF" * 2, "seq-1", "00 " * 10 + "00", "g" * 32):
         assert session_key(theirs) == theirs
+
+
+def test_session_keys_of_many_ids_are_session_key_of_each() -> None:
+    """The one-pass conversion of many ids agrees with `session_key` whatever the mix: all ours, one
+    of theirs among ours (upper case, a space, a non-hex letter, non-ASCII, another length), none."""
+    from service.store.base import session_key, session_keys
+
+    ours = [secrets.token_hex(16) for _ in range(5)]
+    odd = [
+        "0123456789ABCDEF" * 2,
+        "00 " * 10 + "00",
+        "g" * 32,
+        "\u00e9" + "0" * 31,
+        "0" * 31,
+        "0" * 34,
+        "0 " * 16,
+    ]
+    cases = [ours, [], [ours[0]], *([*ours[:2], theirs, *ours[2:]] for theirs in odd), odd]
+    for ids in cases:
+        assert session_keys(ids) == [session_key(s) for s in ids], ids
 
 
 async def test_client_chosen_ids_and_reuse_after_end() -> None:
