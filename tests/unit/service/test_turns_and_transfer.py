@@ -50,6 +50,21 @@ async def test_a_cancelled_waiter_passes_its_turn_on() -> None:
     assert not turns.busy("k")
 
 
+async def test_turns_taken_all_at_once_or_none_and_given_back_to_waiters() -> None:
+    """`try_acquire_all` takes every key's turn or, when any is held, none; `release_all` is `release`
+    of each: a free key is freed, a key someone waits on goes to its first waiter."""
+    turns = Turns()
+    assert turns.try_acquire_all(["a", "b"]) and turns.busy("a") and turns.busy("b")
+    assert not turns.try_acquire_all(["c", "b"]) and not turns.busy("c")  # b is held: c is not taken
+    waiter = asyncio.ensure_future(turns.acquire("b"))
+    await asyncio.sleep(0)
+    turns.release_all(["a", "b"])
+    await waiter  # b went to its waiter
+    assert not turns.busy("a") and turns.busy("b") and len(turns) == 1
+    turns.release("b")
+    assert turns.try_acquire_all([]) and len(turns) == 0
+
+
 def test_snapshot_codec_round_trip_and_refusals(tiny_models_dir: Path) -> None:
     registry = Registry(Settings(models_dir=tiny_models_dir, snapshot_path=None))
     model = registry.load("lm-lstm", "1")
