@@ -91,6 +91,11 @@ def parser() -> argparse.ArgumentParser:
         help="the serving-cost section's task:transport:sessions,... (default: lm and sensor over http "
         "and ws at 256, bulk at 512 (lm) and 1000 (sensor), bulk_ws likewise)",
     )
+    p.add_argument(
+        "--cost-rounds",
+        type=int,
+        help="times the serving-cost cells run over; each reports its median round (3; --quick: 1)",
+    )
     p.add_argument("--training-seconds", type=float, help="seconds of training measured, both loops together")
     p.add_argument(
         "--skip",
@@ -120,11 +125,14 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
         "max_batch_size": args.max_batch_size,
         "training_s": args.training_seconds,
         "cost_cells": None if args.cost_cells is None else tuple(args.cost_cells),
+        "cost_rounds": args.cost_rounds,
     }
     overrides.update({k: v for k, v in optional.items() if v is not None})
     cfg = SuiteConfig.quick_preset(**overrides) if args.quick else replace(SuiteConfig(), **overrides)
     if cfg.duration_s <= 0 or cfg.warmup_s < 0:
         raise SystemExit("--duration must be > 0 and --warmup >= 0")
+    if cfg.cost_rounds < 1:
+        raise SystemExit("--cost-rounds must be at least 1")
     # Loads that other sections refer to stay within the loads asked for.
     most = max(cfg.loads)
     return replace(

@@ -49,6 +49,7 @@ class SuiteConfig:
     ws_loads: tuple[int, ...] = (1, 256)
     sensor_loads: tuple[int, ...] = (1, 256)
     cost_duration_s: float = 3.0  # each cell of the serving-cost section (benchmarks/cost.py)
+    cost_rounds: int = 3  # the section's cells run this many times over; each reports its median round
     # (task, transport, sessions) cells of that section; the targets are at these loads
     cost_cells: tuple[tuple[str, str, int], ...] = (
         ("lm", "http", 256),
@@ -82,6 +83,7 @@ class SuiteConfig:
             ws_loads=(1, 256),
             sensor_loads=(256,),
             cost_duration_s=1.0,
+            cost_rounds=1,
             low_load_s=2.0,
             multi_event_sessions=32,
             open_loop_fractions=(0.5,),

@@ -35,6 +35,7 @@ from benchmarks.http1 import Http1Connection
 from benchmarks.loadgen import LoadSpec, run_async, run_load
 from benchmarks.models import Artifact, prepare_models
 from benchmarks.payloads import event_bodies, session_body
+from benchmarks.rounds import median_rows, spread
 from benchmarks.servers import (
     HOST,
     Launch,
@@ -222,33 +223,38 @@ def run(
     duration_s: float,
     warmup_s: float,
     threads: int,
+    rounds: int = 1,
 ) -> list[dict[str, Any]]:
-    """Every (task, transport, sessions) cell on every server, the servers taking turns cell by cell; a
+    """Every (task, transport, sessions) cell on every server, the servers taking turns cell by cell,
+    `rounds` times over (each row says its `round`; benchmarks.rounds picks each cell's median); a
     transport floor among them (benchmarks.floor) adds its figures to the others' rows of its cells."""
     ort = OrtCost(arts, threads)
     ids: dict[tuple[str, str, int], list[str]] = {}
     rows = []
-    for task, transport, n in cells:
-        bodies = event_bodies(arts[task], 1)
-        ort.new_cell()
-        cell = []
-        for server in servers:
-            if floor.skips(server.name, transport):
-                continue
-            key = (server.name, task, n)
-            if key not in ids:
-                ids[key] = run_async(create_sessions(server.port, session_body(arts[task]), n))
-            try:
-                row = measure_cell(server, task, transport, ids[key], bodies, duration_s, warmup_s, ort)
-            except Exception as exc:  # e.g. a server from before the bulk routes: that cell only
-                print(f"  {server.name} {task} {transport}: {type(exc).__name__}: {exc}", file=sys.stderr)
-                continue
-            cell.append(row)
-            print(table_line(row), file=sys.stderr, flush=True)
-        served, lines = floor.annotate(cell)
-        for line in lines:
-            print(line, file=sys.stderr, flush=True)
-        rows.extend(served)
+    for round_ in range(rounds):
+        if rounds > 1:
+            print(f"  round {round_ + 1} of {rounds}", file=sys.stderr, flush=True)
+        for task, transport, n in cells:
+            bodies = event_bodies(arts[task], 1)
+            ort.new_cell()
+            cell = []
+            for server in servers:
+                if floor.skips(server.name, transport):
+                    continue
+                key = (server.name, task, n)
+                if key not in ids:
+                    ids[key] = run_async(create_sessions(server.port, session_body(arts[task]), n))
+                try:
+                    row = measure_cell(server, task, transport, ids[key], bodies, duration_s, warmup_s, ort)
+                except Exception as exc:  # e.g. a server from before the bulk routes: that cell only
+                    print(f"  {server.name} {task} {transport}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                    continue
+                cell.append({**row, "round": round_})
+                print(table_line(row), file=sys.stderr, flush=True)
+            served, lines = floor.annotate(cell)
+            for line in lines:
+                print(line, file=sys.stderr, flush=True)
+            rows.extend(served)
     return rows
 
 
@@ -312,10 +318,19 @@ def main(argv: list[str] | None = None) -> int:
         "message, and the share the server would have if its own work cost nothing (benchmarks.floor)",
     )
     p.add_argument("--duration", type=float, default=3.0)
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the cells this many times over; the JSON's `medians` are each cell's median round "
+        "(benchmarks.rounds)",
+    )
     p.add_argument("--warmup", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (%(default)s)")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default: results/<date>-cost.json)")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     raise_nofile_limit()
     with tempfile.TemporaryDirectory(prefix="rnnserve-cost-") as tmp:
         models_dir, arts = prepare_models(args.models_dir, {"lm": "lm", "sensor": "sensor"}, Path(tmp))
@@ -338,14 +353,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.floor:
             launches.append(floor.launch(service_env(settings)))
         with start(*launches, log_dir=Path(tmp) / "logs") as servers:
-            rows = run(servers, arts, args.cells, args.duration, args.warmup, args.threads)
+            rows = run(servers, arts, args.cells, args.duration, args.warmup, args.threads, args.rounds)
+    written: dict[str, Any] = {"command": " ".join(["python -m benchmarks.cost", *(argv or sys.argv[1:])])}
+    written["rows"] = rows
+    if args.rounds > 1:
+        written["medians"] = medians = median_rows(rows)
+        print("each cell's median round:", file=sys.stderr)
+        for row in medians:
+            print(table_line(row) + spread(row), file=sys.stderr)
     out = args.out or RESULTS_DIR / f"{time.strftime('%Y-%m-%d')}-cost.json"
-    out.write_text(
-        json.dumps(
-            {"command": " ".join(["python -m benchmarks.cost", *(argv or sys.argv[1:])]), "rows": rows},
-            indent=1,
-        )
-    )
+    out.write_text(json.dumps(written, indent=1))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

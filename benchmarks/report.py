@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cost import table_line
+from benchmarks.rounds import spread
 
 TARGET_LOAD = 256
 
@@ -341,9 +342,9 @@ def table(results: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             "serving cost (server CPU per event from /proc; ORT: ONNX Runtime alone at the server's mean "
-            "batch; share = ORT / server):"
+            "batch; share = ORT / server; each cell its median round: lm by share, sensor by CPU):"
         )
-        lines.extend(table_line(r) for r in results["cost"])
+        lines.extend(table_line(r) + spread(r) for r in results["cost"])
     mem = results.get("memory", {})
     if _ok(mem):
         lines.append(

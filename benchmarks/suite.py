@@ -38,6 +38,7 @@ from benchmarks.interleave import interleaved
 from benchmarks.loadgen import LoadSpec, run_async, run_load
 from benchmarks.models import Artifact, prepare_models
 from benchmarks.payloads import event_bodies, session_body
+from benchmarks.rounds import median_rows
 from benchmarks.servers import (
     Launch,
     Server,
@@ -322,13 +323,20 @@ class _Run:
 
     def cost(self) -> list[dict[str, Any]]:
         """Server CPU per event against ONNX Runtime's at the server's mean batch, per task and transport
-        (benchmarks/cost.py), on a fresh server, with the transport's floor beside it (benchmarks/floor.py).
-        """
+        (benchmarks/cost.py), on a fresh server, with the transport's floor beside it (benchmarks/floor.py):
+        each cell's median of `cost_rounds` rounds (benchmarks/rounds.py)."""
         cfg = self.cfg
         with self.start(self.service("cost"), floor.launch(service_env({}))) as servers:
-            return cost.run(
-                servers, self.arts, cfg.cost_cells, cfg.cost_duration_s, cfg.warmup_s, cfg.threads
+            rows = cost.run(
+                servers,
+                self.arts,
+                cfg.cost_cells,
+                cfg.cost_duration_s,
+                cfg.warmup_s,
+                cfg.threads,
+                cfg.cost_rounds,
             )
+        return median_rows(rows)
 
     def memory(self) -> dict[str, Any]:
         with self.start(self.service("memory")) as (server,):

@@ -61,6 +61,8 @@ def results(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "0.5",
         "--cost-cells",
         "lm:http:4,lm:ws:4,sensor:ws:4,lm:bulk:8,sensor:bulk:8,sensor:bulk_ws:8",
+        "--cost-rounds",
+        "2",
         "--out-dir",
         str(out),
     ]
@@ -116,7 +118,9 @@ def test_figures_are_positive_and_finite(results: tuple[dict[str, Any], Path]) -
         ("sensor", "bulk", 8),
         ("sensor", "bulk_ws", 8),
     ]
-    for r in data["cost"]:
+    for r in data["cost"]:  # each cell's median of its 2 rounds (benchmarks/rounds.py)
+        assert r["rounds"] == 2 and r["round"] in (0, 1), r
+        assert r["server_cpu_us_per_event"] in r["rounds_server_cpu_us_per_event"], r
         assert r["errors"] == 0 and r["events"] > 0, r
         assert _positive(r["server_cpu_us_per_event"]) and _positive(r["ort_cpu_us_per_event"])
         assert 0 < r["inference_share"] < 1.5, r  # ORT alone cannot cost much more than the server
