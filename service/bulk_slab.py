@@ -125,6 +125,8 @@ def _answers(
     events, seqs = group.events, zip(group.seqs, group.fingerprints, strict=True)
     encoded = predictor.encode_many_json(group, outs, before)
     written = answers_json([b + events for b in before], encoded)
+    if group.seqs.count(None) == len(written):  # no step gave a seq: nothing to keep for replays
+        return [None] * len(written), written
     stored = [
         None if seq is None else StoredAnswer(seq, fp, body)
         for (seq, fp), body in zip(seqs, written, strict=True)

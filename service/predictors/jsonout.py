@@ -7,6 +7,7 @@ Python objects: bulk ingest encodes a whole batch's answers without a dict per e
                         inside of a JSON array: one piece per row for a vector field, not F)
     fill(template, rows) one %-format per row, run by map() in C: no Python frame per event
     arrays(items, size)  runs of items joined into JSON arrays (a step's events)
+    filled(template, rows, size)  `arrays(fill(template, rows), size)`, for size 1 in the one pass
 """
 
 from __future__ import annotations
@@ -45,3 +46,11 @@ def arrays(items: Sequence[bytes], size: int) -> list[bytes]:
     if size == 1:
         return list(map(b"[%s]".__mod__, items))
     return [b"[" + b",".join(items[n : n + size]) + b"]" for n in range(0, len(items), size)]
+
+
+def filled(template: bytes, rows: Iterable[tuple[Any, ...]], size: int) -> list[bytes]:
+    """`arrays(fill(template, rows), size)`: each step's events (`size` rows each) as a JSON array; a
+    step of one event (the common case) in the same %-format as its event, brackets and all."""
+    if size == 1:
+        return fill(b"[" + template + b"]", rows)
+    return arrays(fill(template, rows), size)

@@ -30,7 +30,7 @@ from service.predictors.base import (
     validate,
 )
 from service.predictors.detok import detokenize
-from service.predictors.jsonout import arrays, fill, numbers
+from service.predictors.jsonout import filled, numbers
 from service.predictors.topk import top_k
 from service.registry import LoadedModel
 from service.runner import StepResult
@@ -187,16 +187,16 @@ class LmPredictor:
         head = (tokens, ids, np.where(unknown, b"true", b"false").astype(object), logprob)
         wanted = np.repeat(np.fromiter((c.top_k for c in contexts), np.intp, steps), t)  # [N]
         top_ids, top_probs = (a.reshape(steps * t, a.shape[-1]) for a in (top_ids, top_probs))  # [N, k']
-        events = np.empty(steps * t, dtype=object)
+        answers = np.empty(steps, dtype=object)  # [B]: each step's events, a JSON array
         for k in np.unique(wanted).tolist():
-            at = np.flatnonzero(wanted == k)
+            at = np.flatnonzero(wanted == k)  # events of the steps asking for k, t per step in order
             columns = [column[at].tolist() for column in head]  # token, token_id, unknown, logprob
             words = self.vocab_json[top_ids[at, :k]].T.tolist()  # [k][n]
             probs = numbers(top_probs[at, :k])  # [n * k], by event
             for j in range(k):
                 columns += [words[j], probs[j::k]]
-            events[at] = fill(_event_json(k), zip(*columns, strict=True))
-        return arrays(events.tolist(), t)
+            answers[at[::t] // t] = filled(_event_json(k), zip(*columns, strict=True), t)
+        return answers.tolist()
 
     def _suggestions(
         self, top_ids: np.ndarray, top_probs: np.ndarray, contexts: Sequence[LmContext]

@@ -31,7 +31,7 @@ from service.daytime import hours_of
 from service.errors import InvalidInput
 from service.metrics import Metrics
 from service.predictors.base import Decoded, DecodedMany, check_event_count, fingerprint, validate
-from service.predictors.jsonout import arrays, fill, numbers, rows
+from service.predictors.jsonout import filled, numbers, rows
 from service.registry import LoadedModel
 from service.runner import StepResult
 from service.settings import Settings
@@ -102,9 +102,12 @@ class _Group:
     values: list[object]  # every reading's values, in order
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class SensorContext:
     timestamps: list[float | str] | None
+
+
+_NO_STAMPS = SensorContext(None)  # every step without timestamps shares it (bulk: no object per step)
 
 
 class SensorPredictor:
@@ -240,7 +243,7 @@ class SensorPredictor:
             x,
             seqs,
             fingerprints,
-            [SensorContext(t) for t in stamps],
+            [_NO_STAMPS if t is None else SensorContext(t) for t in stamps],
             np.zeros(len(seqs), np.int64),
         )
         if finite.all():
@@ -279,7 +282,7 @@ class SensorPredictor:
         count = int(np.count_nonzero(flagged))
         if count and self.anomaly_counter is not None:
             self.anomaly_counter.inc(count)
-        return arrays(fill(_EVENT_JSON, zip(*columns, strict=True)), t)
+        return filled(_EVENT_JSON, zip(*columns, strict=True), t)
 
     @staticmethod
     def _timestamps_json(contexts: Sequence[SensorContext], t: int) -> list[bytes]:
