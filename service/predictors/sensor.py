@@ -107,7 +107,7 @@ class SensorContext:
     timestamps: list[float | str] | None
 
 
-_NO_STAMPS = SensorContext(None)  # every step without timestamps shares it (bulk: no object per step)
+_NO_STAMPS = SensorContext(None)  # every step without timestamps shares it: no object per step
 
 
 class SensorPredictor:
@@ -162,7 +162,8 @@ class SensorPredictor:
         fp = 0
         if seq is not None:
             fp = fingerprint(raw.tobytes(), repr(timestamps).encode())
-        return Decoded(x=x, seq=seq, fingerprint=fp, context=SensorContext(timestamps))
+        context = _NO_STAMPS if timestamps is None else SensorContext(timestamps)
+        return Decoded(x=x, seq=seq, fingerprint=fp, context=context)
 
     def _refuse_non_finite(self, raw: np.ndarray) -> None:
         """InvalidInput naming the first reading that is not finite once normalized to float32."""
