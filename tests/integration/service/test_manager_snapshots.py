@@ -55,6 +55,10 @@ async def test_the_file_a_crash_leaves_restores_the_sessions_of_its_moment(
         crashed.parent.mkdir()
         shutil.copy(path, crashed)  # the file as a SIGKILL would leave it, taken while still serving
         await m.step(sid, "key-1", body("sensor", events[3:], 3))  # after it: lost by the "crash"
+        # the file is in place before the snapshot task resumes on the loop to record its metrics
+        deadline = time.monotonic() + 20
+        while not metrics.snapshot_last_success._value.get() and time.monotonic() < deadline:
+            await asyncio.sleep(INTERVAL)
         samples = metrics.render().decode()
     assert 'rnnserve_snapshot_seconds_count{phase="stall"}' in samples
     assert "rnnserve_snapshot_failures_total 0.0" in samples
