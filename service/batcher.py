@@ -121,15 +121,6 @@ class Batcher(Generic[I, O]):
         self.max_queue_delay = max_queue_delay_us / 1e6
         self.metrics = metrics
         self.labels = labels
-        # the histograms every batch observes, labelled once (`labels()` locks and builds a key per call)
-        self.observed = (
-            None
-            if metrics is None
-            else tuple(
-                h.labels(*labels) for h in (metrics.batch_size, metrics.batch_events, metrics.inference_time)
-            )
-        )
-        self.queue_delay = None if metrics is None else metrics.queue_delay.labels(*labels)
         self.clock = clock
         self.name = name
         self._queue: Gathering[_Job[I, O]] = Gathering(
@@ -204,9 +195,10 @@ class Batcher(Generic[I, O]):
 
     async def _run(self, batch: list[_Job[I, O]]) -> None:
         started = self.clock()
-        if self.queue_delay is not None:
+        if self.metrics is not None:
+            delay = self.metrics.queue_delay.labels(*self.labels)
             for job in batch:
-                self.queue_delay.observe(started - job.enqueued_at)
+                delay.observe(started - job.enqueued_at)
         groups: dict[int, list[_Job[I, O]]] = {}
         for job in batch:
             groups.setdefault(job.events, []).append(job)
@@ -245,11 +237,11 @@ class Batcher(Generic[I, O]):
 
     def _observe(self, jobs: int, events: int, inference_s: float) -> None:
         self.batches_run += 1
-        if self.observed is not None:
-            size, total, seconds = self.observed
-            size.observe(jobs)
-            total.observe(jobs * events)
-            seconds.observe(inference_s)
+        if self.metrics is not None:
+            m, labels = self.metrics, self.labels
+            m.batch_size.labels(*labels).observe(jobs)
+            m.batch_events.labels(*labels).observe(jobs * events)
+            m.inference_time.labels(*labels).observe(inference_s)
 
     async def _run_group(self, events: int, jobs: list[_Job[I, O]]) -> None:
         items = [job.item for job in jobs]

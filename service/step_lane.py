@@ -246,9 +246,7 @@ class _Calls:
         lane, steps = self.flush.lane, self.steps
         now = lane.clock()
         waited = [now - steps[i].enqueued_at for i in positions]
-        observe_many(
-            served.batcher.queue_delay or lane.metrics.queue_delay.labels(*served.batcher.labels), waited
-        )
+        observe_many(lane.metrics.queue_delay.labels(*served.batcher.labels), waited)
 
     async def returned(self) -> None:
         await self.flush.returned()
