@@ -6,13 +6,13 @@ Python objects: bulk ingest encodes a whole batch's answers without a dict per e
     rows(a)             the same pass over [N, F], split into each row's values joined by commas (the
                         inside of a JSON array: one piece per row for a vector field, not F)
     fill(template, rows) one %-format per row, run by map() in C: no Python frame per event
-    arrays(items, size)  runs of items joined into JSON arrays (a step's events)
-    filled(template, rows, size)  `arrays(fill(template, rows), size)`, for size 1 in the one pass
+    filled(template, rows, size)  `fill`, each run of `size` events joined into a JSON array (a
+                        step's events); for one event per step the brackets are in the %-format
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -41,16 +41,11 @@ def fill(template: bytes, rows: Iterable[tuple[Any, ...]]) -> list[bytes]:
     return list(map(template.__mod__, rows))
 
 
-def arrays(items: Sequence[bytes], size: int) -> list[bytes]:
-    """The JSON arrays of consecutive runs of `size` items (already JSON): [a,b],[c,d] from a b c d."""
-    if size == 1:
-        return list(map(b"[%s]".__mod__, items))
-    return [b"[" + b",".join(items[n : n + size]) + b"]" for n in range(0, len(items), size)]
-
-
 def filled(template: bytes, rows: Iterable[tuple[Any, ...]], size: int) -> list[bytes]:
-    """`arrays(fill(template, rows), size)`: each step's events (`size` rows each) as a JSON array; a
-    step of one event (the common case) in the same %-format as its event, brackets and all."""
+    """Each step's events (`size` consecutive rows each), `template % row` for each, as a JSON array:
+    [a,b],[c,d] from rows a b c d. A step of one event (the common case) is written by the same
+    %-format as its event, brackets and all."""
     if size == 1:
         return fill(b"[" + template + b"]", rows)
-    return arrays(fill(template, rows), size)
+    events = fill(template, rows)
+    return [b"[" + b",".join(events[n : n + size]) + b"]" for n in range(0, len(events), size)]
