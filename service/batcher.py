@@ -3,8 +3,9 @@
 It knows nothing about words, sensors or state; three hooks do (LitServe's split)::
 
     await batch(items)            -> prepared   event loop: stack inputs, read the states
-    predict(prepared)             -> output     worker thread: the ONNX Runtime call (may return
-                                                `Timed(output, seconds)` to time the call alone)
+    predict(prepared)             -> output     worker thread (or the loop's, below): the ONNX Runtime
+                                                call (may return `Timed(output, seconds)` to time the
+                                                call alone)
     await unbatch(items, prepared, output, keep) -> one result per item
                                                 event loop: split outputs, write the states back
 
@@ -17,6 +18,14 @@ delay is configured, it waits for more until the oldest job has waited `max_queu
 (nothing else was queued) runs at once. Jobs are grouped by their event count T and each group is ONE call of
 shape [B, T, ...]: all events of a request go in one call, never T calls. Groups run one after the other
 on a dedicated single-thread executor, so the event loop keeps accepting work meanwhile.
+
+Unless the calls hold the GIL anyway (`on_loop`). ONNX Runtime releases it; small numpy operations do
+not. A call that is mostly the latter (a sensor model: some 150 operations on [B, F] arrays of session
+statistics, each too small for numpy to release the GIL, around a graph of ~0.1 ms) gains nothing on
+the worker: the loop cannot run while it runs, and the two threads taking turns at the GIL (each turn a
+futex wake and a cold cache) cost more CPU than the call itself: a sensor WebSocket event cost ~30% less
+server CPU with its calls on the loop's own thread. lm calls, 16 ms of ONNX Runtime in each batch of
+128, stay on the worker, so the loop keeps receiving meanwhile.
 
 A failed group fails only its own jobs, with InferenceFailed, or with a copy of the ServiceError a hook
 raised (StoreUnavailable: the session store is down). A job whose caller was cancelled before its group
@@ -115,6 +124,7 @@ class Batcher(Generic[I, O]):
         labels: tuple[str, str] = ("", ""),
         clock: Callable[[], float] = time.monotonic,
         name: str = "batcher",
+        on_loop: bool = False,
     ) -> None:
         self.hooks = hooks
         self.max_batch_size = max_batch_size
@@ -134,6 +144,7 @@ class Batcher(Generic[I, O]):
         self._closing = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
         self.batches_run = 0
+        self.on_loop = on_loop  # predict on the event loop's thread, not the worker (module docs)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -178,7 +189,7 @@ class Batcher(Generic[I, O]):
     async def run_now(self, items: Sequence[I], events: int) -> list[O | BaseException]:
         """Run `items` (of `events` events each) as ONE call now, beside the queue, however many there
         are (bulk ingest: a request's steps of one model version); one result or exception per item.
-        The call shares the worker thread with the queue's, so the two never overlap."""
+        The call runs where the queue's do (`_call`), so the two never overlap."""
         if self._closing:
             raise ShuttingDown("the server is shutting down")
         now = self.clock()
@@ -205,9 +216,16 @@ class Batcher(Generic[I, O]):
         for events, jobs in groups.items():
             await self._run_group(events, jobs)
 
+    async def _call(self, prepared: Any) -> tuple[Any, float]:
+        """The predict hook's output and inference time, on the worker thread or the loop's (module
+        docs)."""
+        if self.on_loop:
+            return self._predict(prepared)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, prepared)
+
     def _predict(self, prepared: Any) -> tuple[Any, float]:
-        """Worker thread: the predict hook and the inference time measured here, in the thread (so
-        that `rnnserve_inference_seconds` never includes waiting for the event loop to resume)."""
+        """The predict hook and the inference time measured in the thread that runs it (so that
+        `rnnserve_inference_seconds` never includes waiting for the event loop to resume)."""
         started = time.perf_counter()
         output = self.hooks.predict(prepared)
         if isinstance(output, Timed):
@@ -216,13 +234,13 @@ class Batcher(Generic[I, O]):
 
     async def run_prepared(self, prepared: Any, jobs: int, events: int) -> Any:
         """Run `prepared` (what `batch` would give for `jobs` jobs of `events` events, built by the
-        caller from arrays: bulk ingest on the memory store) as one call on the worker thread, beside
-        the queue; returns `predict`'s output, or raises InferenceFailed (ShuttingDown when closing)."""
+        caller from arrays: bulk ingest on the memory store) as one call beside the queue, where the
+        queue's run (`_call`); returns `predict`'s output, or raises InferenceFailed (ShuttingDown when
+        closing)."""
         if self._closing:
             raise ShuttingDown("the server is shutting down")
-        loop = asyncio.get_running_loop()
         try:
-            output, inference_s = await loop.run_in_executor(self._executor, self._predict, prepared)
+            output, inference_s = await self._call(prepared)
         except Exception as exc:
             raise self._failed(exc, jobs, events) from None
         self._observe(jobs, events, inference_s)
@@ -245,10 +263,9 @@ class Batcher(Generic[I, O]):
 
     async def _run_group(self, events: int, jobs: list[_Job[I, O]]) -> None:
         items = [job.item for job in jobs]
-        loop = asyncio.get_running_loop()
         try:
             prepared = await self.hooks.batch(items)
-            output, inference_s = await loop.run_in_executor(self._executor, self._predict, prepared)
+            output, inference_s = await self._call(prepared)
             keep = [not job.future.cancelled() for job in jobs]
             results = await self.hooks.unbatch(items, prepared, output, keep)
             if len(results) != len(jobs):  # outputs match inputs one for one

@@ -1,15 +1,16 @@
 """The batcher's hooks for one model version: stack inputs, read states, run ONNX Runtime, write back.
 
 Task-agnostic: it moves `x` and the state tensors; the predictor gives `x` meaning and derives what its
-answers need from the graph's outputs, batched, in the worker thread (`postprocess`), so that the event
-loop is left with slicing rows and building the response.
+answers need from the graph's outputs, batched, in the predict call (`postprocess`: on the worker thread
+for lm, so that the event loop is left with slicing rows and building the response; see service.batcher
+for when calls run on the loop's thread).
 
     jobs (B of them, same T)    x [T] | [T, F] each, a session record each (or an explicit state)
       batch   -> store.gather: the sessions' states [L, B, H] in one read; jobs whose session moved on
                  (CONFLICT) or ended (GONE) since their lookup drop out here       (event loop, 1 read)
               -> x [B', T(, F)], state [L, B', H] of the jobs that run
       predict -> ONNX Runtime: task outputs ([B', T, ...] per event, [B', ...] prior) and new state
-                 [L, B', H]; then postprocess(outputs, x, params) -> derived arrays [B', ...]  (worker)
+                 [L, B', H]; then postprocess(outputs, x, params) -> derived arrays [B', ...] (worker|loop)
       unbatch -> each job's `answer` hook builds its response (and the answer to store for replays);
                  store.commit: new state, seq += T and answers, check-and-set per session against the
                  incarnation and seq its lookup saw                                 (event loop, 1 write)
@@ -129,6 +130,12 @@ class ModelRunner:
         params = np.fromiter((items[i].param for i in run), np.int64, len(run))
         return _Prepared(run, x, params, state, read, own)
 
+    @property
+    def gil_bound(self) -> bool:
+        """Whether a call is mostly work that holds the GIL, so that the batcher runs it on the loop's
+        thread (service.batcher): a sensor model's statistics, ~10x its graph's time."""
+        return self.stats is not None
+
     @staticmethod
     def prepared(x: np.ndarray, params: np.ndarray, state: list[np.ndarray]) -> _Prepared:
         """What `batch` gives for B jobs that all run, from arrays: x [B, T(, F)], params [B], the
@@ -137,7 +144,7 @@ class ModelRunner:
 
     def predict(self, prepared: _Prepared) -> Timed:
         """(derived arrays [B', ...], new state [L, B', H] per tensor), with the duration of the ONNX
-        Runtime call alone; runs in the worker thread."""
+        Runtime call alone; runs on the batcher's worker thread, or on the loop's where `gil_bound`."""
         if not prepared.run:
             return Timed(([], []), 0.0)
         graph_state = prepared.state[: len(self.state_inputs)]

@@ -52,16 +52,18 @@ class ServedVersions:
         part = self.store.attach(model)
         s = self.settings
         predictor = make_predictor(model, s, self.metrics)
+        runner = ModelRunner(
+            model, self.store, part, predictor.postprocess, getattr(predictor, "session_stats", None)
+        )
         batcher: Batcher[StepJob, StepResult] = Batcher(
-            ModelRunner(
-                model, self.store, part, predictor.postprocess, getattr(predictor, "session_stats", None)
-            ),
+            runner,
             max_batch_size=s.max_batch_size,
             max_queue_delay_us=s.max_queue_delay_us,
             metrics=self.metrics,
             labels=(model.name, model.version),
             clock=self.clock,
             name=model.key,
+            on_loop=runner.gil_bound,
         )
         batcher.start()
         m = self.metrics

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -75,6 +76,34 @@ async def test_steps_of_many_sessions_share_one_call_and_answer_as_alone(
             alone = await manager.step_json(twins[ids.index(session_id)], None, LM_STEP)
             assert json.loads(answer) == json.loads(alone)
             assert (await manager.get(session_id, None)).seq == 1
+
+
+async def test_sensor_calls_run_on_the_loops_thread_lm_calls_on_the_worker(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A sensor model's calls are its statistics, work that holds the GIL (service.batcher): the batcher
+    runs them on the event loop's thread; an lm model's go to the worker. Answers are checked against
+    references elsewhere on both paths; this pins where each runs."""
+    async with running(make_settings()) as manager:
+        ran_on: dict[str, set[int]] = {}
+        for model, body in (("sensor-gru", {"readings": [[0.5, 1.0, 2.0]]}), ("lm-gru", LM_STEP)):
+            session = (await manager.create(schemas.CreateSession(model=model), None)).session_id
+            served = manager.served_now(f"{model}/1")
+            assert served is not None
+            runner, predict = served.batcher.hooks, served.batcher.hooks.predict
+
+            def noted(prepared: Any, model: str = model, predict: Any = predict) -> Any:
+                ran_on.setdefault(model, set()).add(threading.get_ident())
+                return predict(prepared)
+
+            runner.predict = noted  # type: ignore[method-assign]
+            try:
+                for _ in range(3):
+                    await manager.step_json(session, None, body)
+            finally:
+                runner.predict = predict  # type: ignore[method-assign]
+        assert ran_on["sensor-gru"] == {threading.get_ident()}
+        assert threading.get_ident() not in ran_on["lm-gru"] and len(ran_on["lm-gru"]) == 1
 
 
 @pytest.mark.parametrize("store_backend", ["memory"])  # the memory store's rule: one call ahead

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,7 +51,12 @@ class Hooks:
 
 
 def make(
-    hooks: Any, clock: FakeClock, max_batch_size: int = 4, delay_us: int = 0, metrics: Metrics | None = None
+    hooks: Any,
+    clock: FakeClock,
+    max_batch_size: int = 4,
+    delay_us: int = 0,
+    metrics: Metrics | None = None,
+    on_loop: bool = False,
 ) -> Batcher[tuple[int, int], int]:
     batcher: Batcher[tuple[int, int], int] = Batcher(
         hooks,
@@ -60,6 +66,7 @@ def make(
         labels=("m", "1"),
         clock=clock,
         name="test",
+        on_loop=on_loop,
     )
     batcher.start()
     return batcher
@@ -165,6 +172,41 @@ async def test_records_batch_metrics() -> None:
     await batcher.stop()
 
 
+class Threads(Hooks):
+    """Hooks that note the thread each predict ran on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def predict(self, prepared: list[int]) -> list[int]:
+        self.threads.append(threading.get_ident())
+        return super().predict(prepared)
+
+
+@pytest.mark.parametrize("on_loop", [False, True])
+async def test_calls_run_on_the_worker_or_on_the_loops_own_thread(on_loop: bool) -> None:
+    """Queued groups and `run_prepared` calls alike: on the worker thread by default, on the event
+    loop's thread with `on_loop` (GIL-bound calls, module docs), with the same results, failures and
+    metrics either way."""
+    hooks, clock, metrics = Threads(), FakeClock(), Metrics()
+    batcher = make(hooks, clock, max_batch_size=8, metrics=metrics, on_loop=on_loop)
+    results = await asyncio.gather(*(batcher.submit(job, job[1]) for job in [(1, 1), (2, 2), (3, 1)]))
+    assert results == [2, 4, 6] and hooks.calls == [[1, 3], [2]]
+    assert await batcher.run_prepared([5, 6], jobs=2, events=1) == [10, 12]
+    failed = await asyncio.gather(batcher.submit((-1, 1), 1), return_exceptions=True)
+    assert isinstance(failed[0], InferenceFailed)
+    with pytest.raises(InferenceFailed):
+        await batcher.run_prepared([-2], jobs=1, events=1)
+    loop_thread = threading.get_ident()
+    assert len(hooks.threads) == 5
+    assert all((t == loop_thread) == on_loop for t in hooks.threads)
+    labels = {"model": "m", "version": "1"}
+    assert metrics.registry.get_sample_value("rnnserve_batch_size_count", labels) == 3
+    assert metrics.registry.get_sample_value("rnnserve_batch_failures_total", labels) == 2
+    await batcher.stop()
+
+
 async def test_unbatch_must_answer_every_job() -> None:
     class Short(Hooks):
         async def unbatch(
@@ -179,8 +221,6 @@ async def test_unbatch_must_answer_every_job() -> None:
 
 
 async def test_cancelled_jobs_are_skipped_or_reported() -> None:
-    import threading
-
     release = threading.Event()
 
     class Slow(Hooks):
