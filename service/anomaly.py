@@ -129,22 +129,37 @@ def aux_tensors(floats: int, layers: int, hidden: int) -> int:
 
 
 def unpack(aux: list[np.ndarray], floats: int) -> np.ndarray:
-    """Extra state tensors [L, B, H] -> the sessions' stats [B, floats] float64."""
-    flat = np.concatenate([t.transpose(1, 0, 2).reshape(t.shape[1], -1) for t in aux], axis=1)
-    return flat[:, :floats].astype(np.float64)
+    """Extra state tensors [L, B, H] -> the sessions' stats [B, floats] float64: each tensor's values
+    cast straight into their columns (one pass over the state, no float32 copy of the whole)."""
+    layers, b, hidden = aux[0].shape
+    per = layers * hidden
+    stats = np.empty((b, floats))
+    for i, tensor in enumerate(aux):
+        start, width = i * per, min(per, floats - i * per)
+        sessions = tensor[0] if layers == 1 else tensor.transpose(1, 0, 2).reshape(b, per)  # [B, L*H]
+        stats[:, start : start + width] = sessions[:, :width]
+    return stats
 
 
 def pack(stats: np.ndarray, like: list[np.ndarray]) -> list[np.ndarray]:
-    """The sessions' stats [B, K] -> float32 tensors shaped like `like` ([L, B, H] each), zero padded."""
+    """The sessions' stats [B, K] -> float32 tensors shaped like `like` ([L, B, H] each), zero padded:
+    each tensor written from its columns, as `unpack` reads them."""
     b, k = stats.shape
     layers, _, hidden = like[0].shape
     per = layers * hidden
-    flat = np.zeros((b, len(like) * per), np.float32)
-    flat[:, :k] = stats
-    return [
-        np.ascontiguousarray(flat[:, i * per : (i + 1) * per].reshape(b, layers, hidden).transpose(1, 0, 2))
-        for i in range(len(like))
-    ]
+    tensors = []
+    for i in range(len(like)):
+        start, width = i * per, min(per, k - i * per)
+        tensor = np.empty((layers, b, hidden), np.float32)
+        if layers == 1:
+            tensor[0, :, :width] = stats[:, start : start + width]
+            tensor[0, :, width:] = 0.0
+        else:
+            sessions = np.zeros((b, per), np.float32)
+            sessions[:, :width] = stats[:, start : start + width]
+            tensor.transpose(1, 0, 2)[...] = sessions.reshape(b, layers, hidden)
+        tensors.append(tensor)
+    return tensors
 
 
 def update_moments(

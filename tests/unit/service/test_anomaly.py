@@ -145,14 +145,27 @@ def test_log10_tail_is_continuous_and_does_not_underflow() -> None:
     assert anomaly.probability_from_tail(np.array([-5.0]))[0] == 0.5
 
 
-def test_pack_and_unpack_round_trip_over_several_tensors() -> None:
-    stats = np.arange(2 * 21, dtype=np.float64).reshape(2, 21)
-    like = [np.zeros((2, 2, 4), np.float32) for _ in range(anomaly.aux_tensors(21, 2, 4))]
+@pytest.mark.parametrize(
+    ("layers", "hidden", "floats"), [(2, 4, 21), (1, 8, 21), (1, 7, 21)]
+)  # padded, padded, exact
+def test_pack_and_unpack_round_trip_over_several_tensors(layers: int, hidden: int, floats: int) -> None:
+    """Stats -> float32 tensors, each session's values laid out row by row over the tensors' [L, H]
+    (the flat layout a snapshot and the Redis store keep), the last tensor zero padded; and back, as
+    float32 values read as float64."""
+    stats = np.random.default_rng(3).normal(size=(2, floats))  # not float32 values: pack rounds them
+    like = [
+        np.zeros((layers, 2, hidden), np.float32) for _ in range(anomaly.aux_tensors(floats, layers, hidden))
+    ]
     assert len(like) == 3
     tensors = pack(stats, like)
-    assert [t.shape for t in tensors] == [(2, 2, 4)] * 3
-    np.testing.assert_array_equal(unpack(tensors, 21), stats)
-    np.testing.assert_array_equal(unpack([t[:, 1:] for t in tensors], 21), stats[1:])  # rows are sessions
+    assert [(t.shape, t.dtype) for t in tensors] == [((layers, 2, hidden), np.dtype(np.float32))] * 3
+    flat = np.concatenate([t.transpose(1, 0, 2).reshape(2, -1) for t in tensors], axis=1)
+    np.testing.assert_array_equal(flat[:, :floats], stats.astype(np.float32))
+    assert not flat[:, floats:].any()
+    back = unpack(tensors, floats)
+    assert back.dtype == np.float64 and back.flags.c_contiguous
+    np.testing.assert_array_equal(back, stats.astype(np.float32).astype(np.float64))
+    np.testing.assert_array_equal(unpack([t[:, 1:] for t in tensors], floats), back[1:])  # rows: sessions
 
 
 def _novelty(hooks: SessionStats, readings: np.ndarray, cuts: list[int]) -> np.ndarray:
