@@ -174,15 +174,20 @@ def update_moments(
     var += (1.0 - w) * w * delta * delta
 
 
-_ERFC = np.vectorize(math.erfc, otypes=[np.float64])
+def _erfc(x: np.ndarray) -> np.ndarray:
+    """math.erfc of each value of a 1-d float64 array (the C library's, value for value)."""
+    return np.fromiter(map(math.erfc, x.tolist()), np.float64, len(x))
 
 
 def log10_tail(z: np.ndarray) -> np.ndarray:
-    """log10 P(Z >= z) for a standard normal Z, without underflow for large z."""
+    """log10 P(Z >= z) for a standard normal Z [N], without underflow for large z."""
     z = np.asarray(z, np.float64)
-    out = np.empty_like(z)
     small = z < 8.0
-    out[small] = np.log10(0.5 * _ERFC(z[small] / math.sqrt(2.0)))
+    if small.all():  # the common case: the same operations on the same values, without the masks
+        out: np.ndarray = np.log10(0.5 * _erfc(z / math.sqrt(2.0)))
+        return out
+    out = np.empty_like(z)
+    out[small] = np.log10(0.5 * _erfc(z[small] / math.sqrt(2.0)))
     big = z[~small]  # Mills ratio: Q(z) ~ phi(z) / z * (1 - 1/z^2), within 0.1% from z = 8
     out[~small] = (
         -0.5 * big * big - np.log(big * math.sqrt(2 * math.pi)) + np.log1p(-1.0 / (big * big))

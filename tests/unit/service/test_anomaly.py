@@ -145,6 +145,18 @@ def test_log10_tail_is_continuous_and_does_not_underflow() -> None:
     assert anomaly.probability_from_tail(np.array([-5.0]))[0] == 0.5
 
 
+def test_log10_tail_of_a_batch_is_each_values_own() -> None:
+    """A batch with values past 8 (masked into two branches) against each value alone (the branch
+    of that value only, for most of them the path without masks): bit for bit, so a session's answer
+    never depends on the other sessions of its batch."""
+    z = np.random.default_rng(7).uniform(-12.0, 14.0, 400)
+    assert (z >= 8).any() and (z < 8).any()
+    each = np.concatenate([anomaly.log10_tail(z[i : i + 1]) for i in range(len(z))])
+    assert anomaly.log10_tail(z).tobytes() == each.tobytes()
+    low = z[z < 8]
+    assert anomaly.log10_tail(low).tobytes() == each[z < 8].tobytes()
+
+
 @pytest.mark.parametrize(
     ("layers", "hidden", "floats"), [(2, 4, 21), (1, 8, 21), (1, 7, 21)]
 )  # padded, padded, exact
