@@ -118,9 +118,16 @@ def main() -> None:
         import uvicorn
 
         app: Any = fastapi_app() if args.kind == "fastapi" else asgi_app
-        # the service's own protocol settings (service.cli): no access log, default http/ws/loop
+        # the service's own protocol settings (service.cli): no access log, no permessage-deflate, default
+        # http/ws/loop
         uvicorn.run(
-            app, host="127.0.0.1", port=args.port, log_level="warning", backlog=4096, access_log=False
+            app,
+            host="127.0.0.1",
+            port=args.port,
+            log_level="warning",
+            backlog=4096,
+            access_log=False,
+            ws_per_message_deflate=False,
         )
         return
     try:

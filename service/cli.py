@@ -149,6 +149,7 @@ def _serve(settings: Settings, workers: int) -> int:
         "log_config": None,
         "access_log": False,
         "ws_max_size": settings.max_body_bytes,
+        "ws_per_message_deflate": settings.ws_per_message_deflate,
         "timeout_graceful_shutdown": max(1, math.ceil(settings.shutdown_drain_s)),
     }
     if workers > 1:

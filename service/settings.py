@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     max_top_k: int = Field(100, ge=1, description="largest top_k a client may ask for")
     max_generate_tokens: int = Field(512, ge=1, description="largest max_tokens for generate")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request body size limit (413 above)")
+    ws_per_message_deflate: bool = Field(
+        False,
+        description="accept the WebSocket permessage-deflate extension when a client offers it (most "
+        "do by default): off, since answers are a few hundred bytes and deflate costs more server CPU "
+        "per message than the service's own work does (README, Settings)",
+    )
 
     # auth
     api_keys: Annotated[list[str], NoDecode] = Field(

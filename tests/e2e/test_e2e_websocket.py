@@ -72,6 +72,34 @@ def test_sensor_stream_with_token_in_the_query(
     check_sensor(outputs, references["sensor-lstm"].sensor(readings), references["sensor-lstm"].manifest)
 
 
+def test_permessage_deflate_is_declined_unless_turned_on(
+    server: ServerProcess, start_server: Any, references: dict[str, Reference]
+) -> None:
+    """A client that offers permessage-deflate (the websockets library does by default, as browsers
+    do) gets plain frames: deflating answers of a few hundred bytes costs more server CPU than the
+    service's own work (README, Settings). RNNSERVE_WS_PER_MESSAGE_DEFLATE=true accepts the offer, and
+    the stream answers the same either way."""
+    on = start_server(api_keys=",".join(KEYS), ws_per_message_deflate="true")
+    readings = [[20.0, 1000.0 + i, 0.5] for i in range(4)]
+    negotiated = {}
+    for name, target in (("default", server), ("on", on)):
+        with httpx.Client(base_url=target.url, headers=auth(KEYS[0])) as http:
+            session = http.post("/v1/sessions", json={"model": "sensor-lstm"}).json()["session_id"]
+        with open_stream(target, session) as ws:  # compression="deflate": offered
+            assert (
+                ws.request is not None
+                and "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]
+            )
+            assert ws.response is not None
+            negotiated[name] = ws.response.headers.get("Sec-WebSocket-Extensions")
+            for reading in readings:
+                ws.send(json.dumps({"readings": [reading]}))
+            outputs = [o for a in replies(ws, len(readings)) for o in a["outputs"]]
+        check_sensor(outputs, references["sensor-lstm"].sensor(readings), references["sensor-lstm"].manifest)
+    assert negotiated["default"] is None
+    assert negotiated["on"] is not None and negotiated["on"].startswith("permessage-deflate")
+
+
 def test_bad_messages_are_answered_and_the_stream_goes_on(
     server: ServerProcess, client: httpx.Client
 ) -> None:
