@@ -25,7 +25,10 @@ statistics, each too small for numpy to release the GIL, around a graph of ~0.1 
 the worker: the loop cannot run while it runs, and the two threads taking turns at the GIL (each turn a
 futex wake and a cold cache) cost more CPU than the call itself: a sensor WebSocket event cost ~30% less
 server CPU with its calls on the loop's own thread. lm calls, 16 ms of ONNX Runtime in each batch of
-128, stay on the worker, so the loop keeps receiving meanwhile.
+128, stay on the worker, so the loop keeps receiving meanwhile. So does a call of more than
+ON_LOOP_EVENTS events per job (a request of 1,024 readings: ~100 ms of statistics, one pass per
+reading), which would hold the loop that long where the worker gives it a turn every switch interval
+(5 ms); and a call that finds the worker busy queues behind it there, so that calls never overlap.
 
 A failed group fails only its own jobs, with InferenceFailed, or with a copy of the ServiceError a hook
 raised (StoreUnavailable: the session store is down). A job whose caller was cancelled before its group
@@ -53,6 +56,8 @@ I = TypeVar("I")  # noqa: E741 - the item type, as in LitServe's hooks
 O = TypeVar("O")  # noqa: E741
 I_contra = TypeVar("I_contra", contravariant=True)
 O_co = TypeVar("O_co", covariant=True)
+
+ON_LOOP_EVENTS = 16  # most events per job of a call that `on_loop` runs on the loop's thread (docs)
 
 
 class BatchHooks(Protocol[I_contra, O_co]):
@@ -145,6 +150,7 @@ class Batcher(Generic[I, O]):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
         self.batches_run = 0
         self.on_loop = on_loop  # predict on the event loop's thread, not the worker (module docs)
+        self._on_worker = 0  # calls on the worker now
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -216,12 +222,16 @@ class Batcher(Generic[I, O]):
         for events, jobs in groups.items():
             await self._run_group(events, jobs)
 
-    async def _call(self, prepared: Any) -> tuple[Any, float]:
-        """The predict hook's output and inference time, on the worker thread or the loop's (module
-        docs)."""
-        if self.on_loop:
+    async def _call(self, prepared: Any, events: int) -> tuple[Any, float]:
+        """The predict hook's output and inference time for jobs of `events` events, on the worker
+        thread or the loop's (module docs)."""
+        if self.on_loop and events <= ON_LOOP_EVENTS and not self._on_worker:
             return self._predict(prepared)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, prepared)
+        self._on_worker += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, prepared)
+        finally:
+            self._on_worker -= 1
 
     def _predict(self, prepared: Any) -> tuple[Any, float]:
         """The predict hook and the inference time measured in the thread that runs it (so that
@@ -240,7 +250,7 @@ class Batcher(Generic[I, O]):
         if self._closing:
             raise ShuttingDown("the server is shutting down")
         try:
-            output, inference_s = await self._call(prepared)
+            output, inference_s = await self._call(prepared, events)
         except Exception as exc:
             raise self._failed(exc, jobs, events) from None
         self._observe(jobs, events, inference_s)
@@ -265,7 +275,7 @@ class Batcher(Generic[I, O]):
         items = [job.item for job in jobs]
         try:
             prepared = await self.hooks.batch(items)
-            output, inference_s = await self._call(prepared)
+            output, inference_s = await self._call(prepared, events)
             keep = [not job.future.cancelled() for job in jobs]
             results = await self.hooks.unbatch(items, prepared, output, keep)
             if len(results) != len(jobs):  # outputs match inputs one for one

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from service.batcher import Batcher, Coalescer
+from service.batcher import ON_LOOP_EVENTS, Batcher, Coalescer
 from service.errors import InferenceFailed, ShuttingDown, StoreUnavailable
 from service.metrics import Metrics
 
@@ -204,6 +204,41 @@ async def test_calls_run_on_the_worker_or_on_the_loops_own_thread(on_loop: bool)
     labels = {"model": "m", "version": "1"}
     assert metrics.registry.get_sample_value("rnnserve_batch_size_count", labels) == 3
     assert metrics.registry.get_sample_value("rnnserve_batch_failures_total", labels) == 2
+    # jobs of many events (a long request: one pass of statistics per event) go to the worker
+    long = ON_LOOP_EVENTS + 1
+    assert await batcher.submit((4, long), long) == 8
+    assert await batcher.run_prepared([5], jobs=1, events=long) == [10]
+    assert hooks.threads[-2] != loop_thread and hooks.threads[-1] != loop_thread
+    await batcher.stop()
+
+
+async def test_an_on_loop_call_waits_behind_a_call_on_the_worker() -> None:
+    """While a long call runs on the worker, a short one that would run on the loop's thread goes
+    to the worker too, after it: a batcher's calls never overlap."""
+    entered, release = threading.Event(), threading.Event()
+
+    class Gated(Threads):
+        def predict(self, prepared: list[int]) -> list[int]:
+            if prepared == [1]:
+                entered.set()
+                release.wait(5)
+            return super().predict(prepared)
+
+    hooks, clock = Gated(), FakeClock()
+    batcher = make(hooks, clock, on_loop=True)
+    long = ON_LOOP_EVENTS + 1
+    first = asyncio.ensure_future(batcher.run_prepared([1], jobs=1, events=long))
+    while not entered.is_set():
+        await asyncio.sleep(0.001)
+    second = asyncio.ensure_future(batcher.run_prepared([2], jobs=1, events=1))
+    await asyncio.sleep(0.05)
+    assert not second.done()  # queued behind the first on the worker, not run on the loop meanwhile
+    release.set()
+    assert await first == [2] and await second == [4]
+    assert hooks.calls == [[1], [2]]
+    assert threading.get_ident() not in hooks.threads
+    assert await batcher.run_prepared([3], jobs=1, events=1) == [6]  # the worker idle: on the loop
+    assert hooks.threads[-1] == threading.get_ident()
     await batcher.stop()
 
 
