@@ -101,7 +101,7 @@ class Settings(BaseSettings):
         False,
         description="accept the WebSocket permessage-deflate extension when a client offers it (most "
         "do by default): off, since answers are a few hundred bytes and deflate costs more server CPU "
-        "per message than the service's own work does (README, Settings)",
+        "per message than the service's own work does (README, Configuration)",
     )
 
     # auth

@@ -77,7 +77,7 @@ def test_permessage_deflate_is_declined_unless_turned_on(
 ) -> None:
     """A client that offers permessage-deflate (the websockets library does by default, as browsers
     do) gets plain frames: deflating answers of a few hundred bytes costs more server CPU than the
-    service's own work (README, Settings). RNNSERVE_WS_PER_MESSAGE_DEFLATE=true accepts the offer, and
+    service's own work (README, Configuration). RNNSERVE_WS_PER_MESSAGE_DEFLATE=true accepts the offer, and
     the stream answers the same either way."""
     on = start_server(api_keys=",".join(KEYS), ws_per_message_deflate="true")
     readings = [[20.0, 1000.0 + i, 0.5] for i in range(4)]
