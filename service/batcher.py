@@ -26,10 +26,11 @@ the worker: the loop cannot run while it runs, and the two threads taking turns 
 futex wake and a cold cache) cost more CPU than the call itself: with its calls on the loop's own
 thread a sensor WebSocket event cost 57 us of server CPU instead of 69 (side by side, 256 sessions).
 lm calls, 16 ms of ONNX Runtime in each batch of 128, stay on the worker, so the loop keeps receiving
-meanwhile. So does a call of more than ON_LOOP_EVENTS events per job (a request of 1,024 readings:
-~100 ms of statistics, one pass per reading), which would hold the loop that long where the worker
-gives it a turn every switch interval (5 ms); and a call that finds the worker busy queues behind it
-there, so that calls never overlap.
+meanwhile. So does a long call: of more than ON_LOOP_EVENTS events per job (a request of 1,024
+readings: ~100 ms of statistics, one pass per reading) or ON_LOOP_WORK events in all (a bulk request
+of 4,096 steps of 16 readings), which would hold the loop that long where the worker gives it a turn
+every switch interval (5 ms); the longest a call on the loop runs is ~15 ms. And a call that finds the
+worker busy queues behind it there, so that calls never overlap.
 
 A failed group fails only its own jobs, with InferenceFailed, or with a copy of the ServiceError a hook
 raised (StoreUnavailable: the session store is down). A job whose caller was cancelled before its group
@@ -59,6 +60,7 @@ I_contra = TypeVar("I_contra", contravariant=True)
 O_co = TypeVar("O_co", covariant=True)
 
 ON_LOOP_EVENTS = 16  # most events per job of a call that `on_loop` runs on the loop's thread (docs)
+ON_LOOP_WORK = 4096  # and most events in all (jobs x events): a bulk request's largest at one event
 
 
 class BatchHooks(Protocol[I_contra, O_co]):
@@ -223,10 +225,11 @@ class Batcher(Generic[I, O]):
         for events, jobs in groups.items():
             await self._run_group(events, jobs)
 
-    async def _call(self, prepared: Any, events: int) -> tuple[Any, float]:
-        """The predict hook's output and inference time for jobs of `events` events, on the worker
-        thread or the loop's (module docs)."""
-        if self.on_loop and events <= ON_LOOP_EVENTS and not self._on_worker:
+    async def _call(self, prepared: Any, jobs: int, events: int) -> tuple[Any, float]:
+        """The predict hook's output and inference time for `jobs` jobs of `events` events, on the
+        worker thread or the loop's (module docs)."""
+        short = events <= ON_LOOP_EVENTS and jobs * events <= ON_LOOP_WORK
+        if self.on_loop and short and not self._on_worker:
             return self._predict(prepared)
         self._on_worker += 1
         try:
@@ -251,7 +254,7 @@ class Batcher(Generic[I, O]):
         if self._closing:
             raise ShuttingDown("the server is shutting down")
         try:
-            output, inference_s = await self._call(prepared, events)
+            output, inference_s = await self._call(prepared, jobs, events)
         except Exception as exc:
             raise self._failed(exc, jobs, events) from None
         self._observe(jobs, events, inference_s)
@@ -276,7 +279,7 @@ class Batcher(Generic[I, O]):
         items = [job.item for job in jobs]
         try:
             prepared = await self.hooks.batch(items)
-            output, inference_s = await self._call(prepared, events)
+            output, inference_s = await self._call(prepared, len(jobs), events)
             keep = [not job.future.cancelled() for job in jobs]
             results = await self.hooks.unbatch(items, prepared, output, keep)
             if len(results) != len(jobs):  # outputs match inputs one for one

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from service.batcher import ON_LOOP_EVENTS, Batcher, Coalescer
+from service.batcher import ON_LOOP_EVENTS, ON_LOOP_WORK, Batcher, Coalescer
 from service.errors import InferenceFailed, ShuttingDown, StoreUnavailable
 from service.metrics import Metrics
 
@@ -204,11 +204,14 @@ async def test_calls_run_on_the_worker_or_on_the_loops_own_thread(on_loop: bool)
     labels = {"model": "m", "version": "1"}
     assert metrics.registry.get_sample_value("rnnserve_batch_size_count", labels) == 3
     assert metrics.registry.get_sample_value("rnnserve_batch_failures_total", labels) == 2
-    # jobs of many events (a long request: one pass of statistics per event) go to the worker
+    # long calls go to the worker: many events per job (one pass of statistics per event), or in all
     long = ON_LOOP_EVENTS + 1
     assert await batcher.submit((4, long), long) == 8
     assert await batcher.run_prepared([5], jobs=1, events=long) == [10]
-    assert hooks.threads[-2] != loop_thread and hooks.threads[-1] != loop_thread
+    assert await batcher.run_prepared([6], jobs=ON_LOOP_WORK // 2 + 1, events=2) == [12]  # many in all
+    assert all(t != loop_thread for t in hooks.threads[-3:])
+    assert await batcher.run_prepared([7], jobs=ON_LOOP_WORK, events=1) == [14]  # at the bound
+    assert (hooks.threads[-1] == loop_thread) == on_loop
     await batcher.stop()
 
 
