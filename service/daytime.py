@@ -32,3 +32,21 @@ def hours_of(timestamps: Sequence[float | str] | None, count: int) -> np.ndarray
     if timestamps is None:
         return np.full(count, math.nan)
     return np.fromiter((_hour(t) for t in timestamps), np.float64, count)
+
+
+def hours_grid(timestamps: Sequence[Sequence[float | str] | None], count: int) -> np.ndarray:
+    """[len(timestamps), count] float64: `hours_of` of each step's `count` timestamps (a row of NaN for a
+    step without), each distinct text read once: a gateway's bulk request stamps its thousand sensors'
+    readings with a few moments, and reading an ISO text costs more than the rest of a step's decode."""
+    hours = np.full((len(timestamps), count), math.nan)
+    rows = [j for j, stamps in enumerate(timestamps) if stamps is not None]
+    if rows:
+        read: dict[str, float] = {}  # texts only: 0.0 and -0.0 are one key, and numbers are cheap
+        flat = [
+            (read[t] if t in read else read.setdefault(t, _hour(t))) if type(t) is str else _hour(t)
+            for stamps in timestamps
+            if stamps is not None
+            for t in stamps
+        ]
+        hours[rows] = np.array(flat, np.float64).reshape(len(rows), count)
+    return hours

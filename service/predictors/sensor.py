@@ -27,7 +27,7 @@ import orjson
 
 from service import schemas
 from service.anomaly import ALERT, SessionStats
-from service.daytime import hours_of
+from service.daytime import hours_grid, hours_of
 from service.errors import InvalidInput
 from service.metrics import Metrics
 from service.predictors.base import Decoded, DecodedMany, check_event_count, fingerprint, validate
@@ -230,10 +230,7 @@ class SensorPredictor:
         finite = np.abs(raw).max(axis=(1, 2)) < 1e30  # as `decode`: anything else takes its careful path
         seqs = [head[0] for head in group.heads]
         stamps = [head[2] for head in group.heads]
-        hours = np.full((len(stamps), steps), np.nan)  # [B, T], as `decode`'s last column
-        for j, given in enumerate(stamps):
-            if given is not None:
-                hours[j] = hours_of(given, steps)
+        hours = hours_grid(stamps, steps)  # [B, T], as `decode`'s last column
         x = np.concatenate([x, hours[:, :, None].astype(x.dtype)], axis=2)  # [B, T, F + 1]
         fingerprints = [
             0 if seq is None else fingerprint(raw[j].tobytes(), repr(stamps[j]).encode())
@@ -290,11 +287,17 @@ class SensorPredictor:
         """Each event's timestamp as JSON (the request's value, null where it gave none), by event."""
         none = [b"null"] * t
         stamps: list[bytes] = []
+        written: dict[str, bytes] = {}  # each distinct text once (a bulk request's few moments)
         for context in contexts:
             if context.timestamps is None:
                 stamps += none
             else:
-                stamps += map(orjson.dumps, context.timestamps)
+                stamps += [
+                    (written[s] if s in written else written.setdefault(s, orjson.dumps(s)))
+                    if type(s) is str
+                    else orjson.dumps(s)  # numbers as they are: 0.0 and -0.0 would be one key
+                    for s in context.timestamps
+                ]
         return stamps
 
     @staticmethod

@@ -445,6 +445,24 @@ def test_hours_of_timestamps() -> None:
     assert np.isnan(daytime.hours_of(None, 3)).all()
 
 
+def test_hours_grid_is_hours_of_each_step() -> None:
+    """Steps' timestamps read together (each distinct text once) give each step's `hours_of`: repeated
+    texts, a step without timestamps, text that is no time, numbers (0.0 and -0.0 among them)."""
+    steps: list[list[float | str] | None] = [
+        ["2014-04-01 13:05:00", "2014-04-01T23:59:59Z"],
+        None,
+        ["2014-04-01 13:05:00", "yesterday"],
+        [-0.0, 0.0],
+        ["yesterday", 3600 * 5 + 0.25],
+        None,
+    ]
+    got = daytime.hours_grid(steps, 2)
+    expected = np.stack([daytime.hours_of(s, 2) for s in steps])
+    np.testing.assert_array_equal(got, expected)
+    assert got.shape == (6, 2) and np.isnan(got[[1, 5]]).all() and got[0, 0] == 13
+    assert np.isnan(daytime.hours_grid([None, None], 3)).all()
+
+
 def test_a_trained_models_calibration_speaks_until_the_session_has_warmed_up() -> None:
     center, scale = 6.0, 1.5
     rng = np.random.default_rng(8)
