@@ -60,9 +60,11 @@ def _plain_events(
 
 
 def _plain_head(
-    payload: dict[str, object],
+    payload: dict[str, object], stamps_checked: bool = True
 ) -> tuple[int | None, list[list[float]], list[float | str] | None] | None:
-    """`_plain_events` but for the readings' values (bulk ingest checks them all at once)."""
+    """`_plain_events` but for the readings' values (bulk ingest checks them all at once); with
+    `stamps_checked` False, the timestamps' values too (a list of as many as readings, as given:
+    `_plain_stamps` checks a group's at once)."""
     if type(payload) is not dict or not payload.keys() <= _EVENTS_KEYS:
         return None
     seq, readings, stamps = payload.get("seq"), payload.get("readings"), payload.get("timestamps")
@@ -72,9 +74,20 @@ def _plain_head(
         return seq, readings, None
     if type(stamps) is not list or len(stamps) != len(readings):
         return None
+    if not stamps_checked:
+        return seq, readings, stamps
     if not all((type(t) is str and schemas.is_text(t)) or (_number(t) and math.isfinite(t)) for t in stamps):
         return None  # the schema refuses non-finite stamps and text the answer cannot echo
     return seq, readings, [t if type(t) is str else float(t) for t in stamps]
+
+
+def _plain_stamps(heads: list[tuple[int | None, list[list[float]], list[float | str] | None]]) -> bool:
+    """Whether the heads' timestamps, unchecked, are what `_plain_head` would keep as they are: all
+    text, none of it what the answer cannot echo (one search over them all: what it looks for is one
+    character, so no match spans two texts). Numbers (which it makes floats) are not."""
+    stamps = [t for head in heads if head[2] is not None for t in head[2]]
+    texts = [t for t in stamps if isinstance(t, str)]  # (JSON gives no subclass of str)
+    return len(texts) == len(stamps) and schemas.is_text("".join(texts))
 
 
 def _all_numbers(values: list[object]) -> bool:
@@ -192,7 +205,7 @@ class SensorPredictor:
         groups: dict[int, _Group] = {}
         rest: list[int] = []
         for n, payload in enumerate(payloads):
-            head = _plain_head(payload)
+            head = _plain_head(payload, stamps_checked=False)  # the group's, at once, below
             steps = 0 if head is None else len(head[1])
             if head is None or not 0 < steps <= limit:
                 rest.append(n)
@@ -212,12 +225,12 @@ class SensorPredictor:
                 group.heads.append(head)
         decoded = []
         for steps, group in groups.items():
-            if not _all_numbers(group.values):  # rare: find the steps that are not plain
-                plain = {j for j, n in enumerate(group.index) if _plain_events(payloads[n]) is not None}
-                rest.extend(n for j, n in enumerate(group.index) if j not in plain)
-                heads = [h for j, h in enumerate(group.heads) if j in plain]
+            if not (_all_numbers(group.values) and _plain_stamps(group.heads)):  # rare: which are plain
+                strict = {j: _plain_events(payloads[n]) for j, n in enumerate(group.index)}
+                rest.extend(n for j, n in enumerate(group.index) if strict[j] is None)
+                heads = [h for h in strict.values() if h is not None]  # timestamps as the schema has them
                 values = [v for head in heads for reading in head[1] for v in reading]
-                group = _Group([n for j, n in enumerate(group.index) if j in plain], heads, values)
+                group = _Group([n for j, n in enumerate(group.index) if strict[j] is not None], heads, values)
             if group.index:
                 decoded.extend(self._decoded(group, steps, width, rest))
         rest.sort()

@@ -4,6 +4,7 @@ written as JSON from arrays against orjson's encoding of the objects they stand 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,12 @@ MANY_SENSOR: list[Any] = [
     {"readings": [[0.5, -1.0, 2.0]], "seq": 1, "timestamps": ["t"]},
     {"readings": [[1.0, 2.0, 3.0]] * 3, "timestamps": [1, 2.5, "x"]},
     {"readings": [[1.0, 2.0, 3.0]] * 3, "timestamps": ["2014-04-01 13:05:00", 1717171717.0, 7200]},
+    # timestamps are checked a group at a time: a bad one among good ones leaves only its own step
+    {"readings": [[1.0, 2.0, 3.0]] * 2, "timestamps": ["2014-04-01 13:05:00", "2014-04-01 13:10:00"]},
+    {"readings": [[1.0, 2.0, 3.0]] * 2, "timestamps": ["ok", "bell\x07"]},  # not text: refused
+    {"readings": [[1.0, 2.0, 3.0]] * 2, "timestamps": ["\ud800", "ok"]},  # a lone surrogate
+    {"readings": [[1.0, 2.0, 3.0]] * 2, "timestamps": [1.5, math.inf]},  # not finite: refused
+    {"readings": [[1.0, 2.0, 3.0]] * 2, "timestamps": ["2014-04-01 13:05:00", 7]},  # the int: a float
 ]
 
 
