@@ -297,21 +297,17 @@ class SensorPredictor:
 
     @staticmethod
     def _timestamps_json(contexts: Sequence[SensorContext], t: int) -> list[bytes]:
-        """Each event's timestamp as JSON (the request's value, null where it gave none), by event."""
-        none = [b"null"] * t
-        stamps: list[bytes] = []
-        written: dict[str, bytes] = {}  # each distinct text once (a bulk request's few moments)
-        for context in contexts:
-            if context.timestamps is None:
-                stamps += none
-            else:
-                stamps += [
-                    (written[s] if s in written else written.setdefault(s, orjson.dumps(s)))
-                    if type(s) is str
-                    else orjson.dumps(s)  # numbers as they are: 0.0 and -0.0 would be one key
-                    for s in context.timestamps
-                ]
-        return stamps
+        """Each event's timestamp as JSON (the request's value, null where it gave none), by event: one
+        pass over them all, each distinct text written once (a bulk request's few moments)."""
+        none: list[float | str | None] = [None] * t
+        written: dict[str | None, bytes] = {None: b"null"}
+        return [
+            (written[s] if s in written else written.setdefault(s, orjson.dumps(s)))
+            if s is None or type(s) is str
+            else orjson.dumps(s)  # numbers as they are: 0.0 and -0.0 would be one key
+            for context in contexts
+            for s in (none if context.timestamps is None else context.timestamps)
+        ]
 
     @staticmethod
     def _outputs(
