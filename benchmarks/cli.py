@@ -89,7 +89,8 @@ def parser() -> argparse.ArgumentParser:
         "--cost-cells",
         type=cost_cells,
         help="the serving-cost section's task:transport:sessions,... (default: lm and sensor over http "
-        "and ws at 256, bulk at 512 (lm) and 1000 (sensor), bulk_ws likewise)",
+        "and ws at 256, bulk at 512 (lm) and 1000 (sensor), bulk_ws likewise, and sensor's bulk_ts: bulk "
+        "with a timestamp per reading)",
     )
     p.add_argument(
         "--cost-rounds",

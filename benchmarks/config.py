@@ -60,6 +60,7 @@ class SuiteConfig:
         ("lm", "bulk_ws", 512),
         ("sensor", "bulk", 1000),
         ("sensor", "bulk_ws", 1000),
+        ("sensor", "bulk_ts", 1000),  # with a timestamp per reading: what real streams send (no target)
     )
     open_loop_sessions: int = 256
     open_loop_fractions: tuple[float, ...] = (0.5, 0.9)  # of the closed-loop events/s at that load

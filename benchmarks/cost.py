@@ -8,8 +8,9 @@
     inference share        ORT CPU per event / server CPU per event (1.0: the server is pure inference)
 
 per task (lm, sensor) and transport: `http` (POST /v1/sessions/{id}/events, one event per request),
-`ws` (one WebSocket per session), `bulk` (POST /v1/steps, every session's next event in one request)
-and `bulk_ws` (the same bodies over WS /v1/stream).
+`ws` (one WebSocket per session), `bulk` (POST /v1/steps, every session's next event in one request),
+`bulk_ws` (the same bodies over WS /v1/stream) and, for sensor only, `bulk_ts` (`bulk` with a timestamp
+per reading, as a replay of real streams sends them: no target, the cost beside `bulk`'s).
 
 `python -m benchmarks.cost --against <dir>` runs a second server from another source tree (e.g. the
 code before a change, `git archive <rev> | tar -x -C <dir>`) side by side: the two servers take turns
@@ -49,7 +50,7 @@ from benchmarks.servers import (
 )
 from benchmarks.setup_requests import create_sessions
 
-TRANSPORTS = ("http", "ws", "bulk", "bulk_ws")
+TRANSPORTS = ("http", "ws", "bulk", "bulk_ws", "bulk_ts")
 
 
 class OrtCost:
@@ -235,7 +236,7 @@ def run(
         if rounds > 1:
             print(f"  round {round_ + 1} of {rounds}", file=sys.stderr, flush=True)
         for task, transport, n in cells:
-            bodies = event_bodies(arts[task], 1)
+            bodies = event_bodies(arts[task], 1, timestamps=transport == "bulk_ts")
             ort.new_cell()
             cell = []
             for server in servers:
@@ -293,6 +294,8 @@ def cells(text: str) -> list[tuple[str, str, int]]:
         task, transport, n = item.strip().split(":")
         if task not in ("lm", "sensor") or transport not in TRANSPORTS:
             raise argparse.ArgumentTypeError(f"bad cell {item!r}: task:transport:sessions")
+        if transport == "bulk_ts" and task != "sensor":
+            raise argparse.ArgumentTypeError(f"bad cell {item!r}: bulk_ts (timestamps) is sensor's")
         cells.append((task, transport, int(n)))
     return cells
 

@@ -60,7 +60,7 @@ def results(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "--training-seconds",
         "0.5",
         "--cost-cells",
-        "lm:http:4,lm:ws:4,sensor:ws:4,lm:bulk:8,sensor:bulk:8,sensor:bulk_ws:8",
+        "lm:http:4,lm:ws:4,sensor:ws:4,lm:bulk:8,sensor:bulk:8,sensor:bulk_ws:8,sensor:bulk_ts:8",
         "--cost-rounds",
         "2",
         "--out-dir",
@@ -117,6 +117,7 @@ def test_figures_are_positive_and_finite(results: tuple[dict[str, Any], Path]) -
         ("lm", "bulk", 8),
         ("sensor", "bulk", 8),
         ("sensor", "bulk_ws", 8),
+        ("sensor", "bulk_ts", 8),  # stamped readings: every step answered (errors 0, below)
     ]
     for r in data["cost"]:  # each cell's median of its 2 rounds (benchmarks/rounds.py)
         assert r["rounds"] == 2 and r["round"] in (0, 1), r
