@@ -43,13 +43,17 @@ _EVENTS_KEYS = frozenset(("seq", "readings", "timestamps"))
 _BIG = float(2**53)  # an int beyond this is left to the schema (float conversion)
 
 
+# a plain step's (seq, readings, timestamps as the schema has them)
+_Head = tuple[int | None, list[list[float]], list[float | str] | None]
+
+
 def _number(v: object) -> bool:
     return type(v) is float or (type(v) is int and -_BIG <= v <= _BIG)
 
 
 def _plain_events(
     payload: dict[str, object],
-) -> tuple[int | None, list[list[float]], list[float | str] | None] | None:
+) -> _Head | None:
     """(seq, readings, timestamps) of a body that `schemas.SensorEvents` takes as it is (ints of
     timestamps become floats, as the schema makes them), without building the model; None for any
     other body (the schema then accepts it, converting, or refuses it)."""
@@ -59,9 +63,7 @@ def _plain_events(
     return head
 
 
-def _plain_head(
-    payload: dict[str, object], stamps_checked: bool = True
-) -> tuple[int | None, list[list[float]], list[float | str] | None] | None:
+def _plain_head(payload: dict[str, object], stamps_checked: bool = True) -> _Head | None:
     """`_plain_events` but for the readings' values (bulk ingest checks them all at once); with
     `stamps_checked` False, the timestamps' values too (a list of as many as readings, as given:
     `_plain_stamps` checks a group's at once)."""
@@ -81,13 +83,24 @@ def _plain_head(
     return seq, readings, [t if type(t) is str else float(t) for t in stamps]
 
 
-def _plain_stamps(heads: list[tuple[int | None, list[list[float]], list[float | str] | None]]) -> bool:
-    """Whether the heads' timestamps, unchecked, are what `_plain_head` would keep as they are: all
-    text, none of it what the answer cannot echo (one search over them all: what it looks for is one
-    character, so no match spans two texts). Numbers (which it makes floats) are not."""
+def _plain_stamps(heads: list[_Head]) -> list[_Head] | None:
+    """The heads, their timestamps unchecked, as `_plain_head` would give them (ints made floats):
+    checked a group at a time (texts by one search over their join: what it looks for is one
+    character, so no match spans two texts); None if it would refuse any of them."""
     stamps = [t for head in heads if head[2] is not None for t in head[2]]
-    texts = [t for t in stamps if isinstance(t, str)]  # (JSON gives no subclass of str)
-    return len(texts) == len(stamps) and schemas.is_text("".join(texts))
+    kinds = set(map(type, stamps))
+    if not schemas.is_text("".join(t for t in stamps if isinstance(t, str))):
+        return None
+    if kinds <= {str}:
+        return heads
+    if not all(_number(t) and math.isfinite(t) for t in stamps if not isinstance(t, str)):  # bool, None
+        return None
+    if int not in kinds:
+        return heads
+    return [
+        (seq, readings, None if given is None else [t if type(t) is str else float(t) for t in given])
+        for seq, readings, given in heads
+    ]
 
 
 def _all_numbers(values: list[object]) -> bool:
@@ -111,7 +124,7 @@ class _Group:
     """Plain steps with the same count of readings, as `decode_many` collects them."""
 
     index: list[int]
-    heads: list[tuple[int | None, list[list[float]], list[float | str] | None]]
+    heads: list[_Head]
     values: list[object]  # every reading's values, in order
 
 
@@ -225,7 +238,10 @@ class SensorPredictor:
                 group.heads.append(head)
         decoded = []
         for steps, group in groups.items():
-            if not (_all_numbers(group.values) and _plain_stamps(group.heads)):  # rare: which are plain
+            heads = _plain_stamps(group.heads)
+            if heads is not None:
+                group.heads = heads
+            if heads is None or not _all_numbers(group.values):  # rare: which are plain
                 strict = {j: _plain_events(payloads[n]) for j, n in enumerate(group.index)}
                 rest.extend(n for j, n in enumerate(group.index) if strict[j] is None)
                 heads = [h for h in strict.values() if h is not None]  # timestamps as the schema has them

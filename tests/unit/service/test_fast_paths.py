@@ -153,12 +153,21 @@ MANY_SENSOR: list[Any] = [
     {"readings": [[0.5, -1.0, 2.0]], "seq": 1, "timestamps": ["t"]},
     {"readings": [[1.0, 2.0, 3.0]] * 3, "timestamps": [1, 2.5, "x"]},
     {"readings": [[1.0, 2.0, 3.0]] * 3, "timestamps": ["2014-04-01 13:05:00", 1717171717.0, 7200]},
-    # timestamps are checked a group at a time: a bad one among good ones leaves only its own step
+    # timestamps are checked a group (an event count) at a time: a bad one among good ones leaves only
+    # its own step, each kind in a group of its own so that no check stands in for another
     {"readings": [[1.0, 2.0, 3.0]] * 2, "timestamps": ["2014-04-01 13:05:00", "2014-04-01 13:10:00"]},
     {"readings": [[1.0, 2.0, 3.0]] * 2, "timestamps": ["ok", "bell\x07"]},  # not text: refused
-    {"readings": [[1.0, 2.0, 3.0]] * 2, "timestamps": ["\ud800", "ok"]},  # a lone surrogate
-    {"readings": [[1.0, 2.0, 3.0]] * 2, "timestamps": [1.5, math.inf]},  # not finite: refused
-    {"readings": [[1.0, 2.0, 3.0]] * 2, "timestamps": ["2014-04-01 13:05:00", 7]},  # the int: a float
+    {"readings": [[1.0, 2.0, 3.0]] * 4, "timestamps": ["a", "b", "c", "d"]},
+    {"readings": [[1.0, 2.0, 3.0]] * 4, "timestamps": ["\ud800", "ok", "ok", "ok"]},  # a lone surrogate
+    {"readings": [[1.0, 2.0, 3.0]] * 5, "timestamps": [1.5, 2.5, 3.5, 4.5, 5.5]},
+    {"readings": [[1.0, 2.0, 3.0]] * 5, "timestamps": [1.5, 2.5, math.inf, 4.5, 5.5]},  # not finite
+    {
+        "readings": [[1.0, 2.0, 3.0]] * 6,
+        "timestamps": ["2014-04-01 13:05:00", 7, 8.5, 9, "x", 10],
+    },  # ints: floats
+    {"readings": [[1.0, 2.0, 3.0]] * 7, "timestamps": [1, 2, 3, 4, 5, 6, 2**70]},  # beyond the ints it reads
+    {"readings": [[1.0, 2.0, 3.0]] * 7, "timestamps": [1, 2, 3, 4, 5, 6, 7]},
+    {"readings": [[1.0, 2.0, 3.0]] * 8, "timestamps": [True] * 8},  # not a number: refused
 ]
 
 
